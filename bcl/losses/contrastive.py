@@ -133,29 +133,34 @@ def balanced_supcon_loss(
         if normalize:
             anchors = F.normalize(anchors, dim=1)
             contrast = F.normalize(contrast, dim=1)
-        logits = anchors @ contrast.T / temperature  # [V·B, V·B + C]
+        # Scaling the [V·B, D] anchors instead of the similarity matrix saves a pass over the matrix.
+        scaled_anchors = anchors / temperature
+        logits = scaled_anchors @ contrast.T  # s(i, a): [V·B, V·B + C], the only matrix-sized product
 
         # |A_k|: members of class k in the contrast set; an anchor's own class loses the anchor itself.
         class_sizes = torch.bincount(contrast_labels, minlength=num_classes)
         own_class_size = class_sizes[anchor_labels] - 1  # |A_y(i)| = |P(i)|
         has_positive = own_class_size > 0
 
-        same_class = anchor_labels[:, None] == contrast_labels[None, :]
-        is_self = torch.zeros_like(same_class).fill_diagonal_(True)
-        positives = same_class & ~is_self
-
-        # Shift by the row max over the entries D(i) sums, so the largest term is exp(0) = 1 and
+        # The anchor is no member of its own contrast set: -inf on the anchor block's diagonal makes
+        # exp() drop it from every sum without a [V·B, M] boolean "self" mask.
+        diagonal = torch.arange(num_anchors, device=logits.device)
+        minus_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+        # In place throughout: the matrix product's backward needs only its inputs, and exp_ saves its
+        # own output, so no second matrix-sized buffer is kept alive.
+        logits.index_put_((diagonal, diagonal), minus_inf)
+        # Shifting by the row max over the entries D(i) sums makes the largest term exp(0) = 1, so
         # log D(i) cannot underflow to -inf even at tiny temperatures.
-        row_max = logits.detach().masked_fill(is_self, float("-inf")).amax(dim=1, keepdim=True)
+        row_max = logits.detach().amax(dim=1)
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-        logits = logits - row_max
-        exp_logits = logits.masked_fill(is_self, float("-inf")).exp()
+        exp_logits = logits.sub_(row_max[:, None]).exp_()
 
         if class_averaging:
             # Σ_a exp / |A_{y_a}| weights the anchor's own class by 1/|A_y| instead of 1/|A_y(i)|;
             # add back the difference with one masked row sum rather than a [V·B, M] weight matrix.
             inverse_sizes = 1.0 / class_sizes.to(compute_dtype)
-            own_sum = torch.where(positives, exp_logits, 0.0).sum(dim=1)
+            same_class = anchor_labels[:, None] == contrast_labels[None, :]
+            own_sum = torch.where(same_class, exp_logits, 0.0).sum(dim=1)  # the anchor's own term is 0
             own_weight_fix = 1.0 / own_class_size.clamp_min(1).to(compute_dtype) - inverse_sizes[anchor_labels]
             denominator = exp_logits @ inverse_sizes[contrast_labels] + own_sum * own_weight_fix
         else:
@@ -164,7 +169,12 @@ def balanced_supcon_loss(
         # but log(0) would still poison the backward pass, so give it a harmless value.
         denominator = torch.where(has_positive, denominator, torch.ones_like(denominator))
 
-        mean_positive_logit = torch.where(positives, logits, 0.0).sum(dim=1) / own_class_size.clamp_min(1)
+        # Σ_{p ∈ P(i)} s(i, p) = z_i/τ · (Σ_{a ∈ A_y} a − z_i): per-class sums of the contrast vectors
+        # give every anchor's positive sum in O((V·B + C)·D), with no masked pass over the matrix.
+        class_sums = torch.zeros(num_classes, dim, dtype=compute_dtype, device=contrast.device)
+        class_sums = class_sums.index_add(0, contrast_labels, contrast)
+        positive_sum = (scaled_anchors * (class_sums[anchor_labels] - anchors)).sum(dim=1)
+        mean_positive_logit = positive_sum / own_class_size.clamp_min(1) - row_max
         per_anchor = torch.log(denominator) - mean_positive_logit
         per_anchor = torch.where(has_positive, per_anchor, torch.zeros_like(per_anchor))
         return per_anchor.sum() / has_positive.sum().clamp_min(1)
