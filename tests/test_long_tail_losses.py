@@ -14,7 +14,6 @@ from bcl.losses import (
     class_balanced_weights,
     class_priors,
     focal_loss,
-    logit_adjusted_loss,
 )
 
 COUNTS = [273, 10, 10, 10, 10]

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Subset
+
+from bcl._checks import as_label_array, is_int, is_real
 
 __all__ = [
     "class_counts",
@@ -53,17 +54,8 @@ SALT_FIXED_RATIO = 2
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    # bool is an Integral subclass, but True/False as a seed or a count is almost always a bug.
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_seed(seed: object, name: str = "seed") -> int:
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
     return int(seed)
 
@@ -88,29 +80,6 @@ def _dataset_class_names(dataset: Any) -> Optional[List[str]]:
     return None
 
 
-def _to_label_array(labels: Any, arg: str) -> np.ndarray:
-    """Validates labels and returns them as a 1-D int64 array (a copy-free view when possible)."""
-    if isinstance(labels, torch.Tensor):
-        # Checked on the torch side because some dtypes (bfloat16) have no numpy equivalent.
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"{arg} must hold integer class ids, got a tensor of dtype {labels.dtype}")
-        array = labels.detach().cpu().numpy()
-    else:
-        try:
-            array = np.asarray(labels)
-        except ValueError as exc:  # ragged nested sequences
-            raise ValueError(f"{arg} must be a 1-D sequence of integer class ids: {exc}") from exc
-    if array.ndim != 1:
-        raise ValueError(f"{arg} must be 1-D (one class id per item), got shape {tuple(array.shape)}")
-    if array.size == 0:
-        raise ValueError(f"{arg} must not be empty")
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{arg} must hold integer class ids, got dtype {array.dtype}")
-    if array.min() < 0:
-        raise ValueError(f"{arg} must be non-negative class ids, got minimum {array.min()}")
-    return array.astype(np.int64, copy=False)
-
-
 def _resolve_labels(
     labels_or_dataset: Any, arg: str = "labels_or_dataset"
 ) -> Tuple[np.ndarray, Optional[List[str]]]:
@@ -124,10 +93,10 @@ def _resolve_labels(
             raise ValueError(f"{arg} must not be empty (the Subset has no indices)")
         return parent_labels[positions], names
     if isinstance(obj, (np.ndarray, torch.Tensor, list, tuple, range)):
-        return _to_label_array(obj, arg), None
+        return as_label_array(obj, arg), None
     if hasattr(obj, "targets"):
-        return _to_label_array(obj.targets, f"{arg}.targets"), _dataset_class_names(obj)
-    return _to_label_array(obj, arg), None
+        return as_label_array(obj.targets, f"{arg}.targets"), _dataset_class_names(obj)
+    return as_label_array(obj, arg), None
 
 
 def _class_label(class_id: int, class_names: Optional[Sequence[str]]) -> str:
@@ -147,7 +116,7 @@ def _counts_from_labels(
             raise ValueError(
                 f"{arg} has label {largest} but the dataset declares only {num_classes} class names"
             )
-    elif not _is_int(num_classes) or num_classes < 1:
+    elif not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
     elif largest >= num_classes:
         raise ValueError(f"num_classes={num_classes} is too small for {arg}: it contains label {largest}")
@@ -155,7 +124,7 @@ def _counts_from_labels(
 
 
 def _check_imbalance_factor(value: object) -> float:
-    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 1.0:
+    if not is_real(value) or not math.isfinite(float(value)) or float(value) < 1.0:
         raise ValueError(f"imbalance_factor must be a finite number >= 1, got {value!r}")
     return float(value)
 
@@ -167,7 +136,7 @@ def _check_kind(kind: object) -> str:
 
 
 def _check_step_fraction(step_fraction: object) -> float:
-    if not _is_real(step_fraction) or not 0.0 <= float(step_fraction) <= 1.0:  # also rejects NaN
+    if not is_real(step_fraction) or not 0.0 <= float(step_fraction) <= 1.0:  # also rejects NaN
         raise ValueError(f"step_fraction must be a number in [0, 1], got {step_fraction!r}")
     return float(step_fraction)
 
@@ -315,9 +284,9 @@ def long_tail_profile(
         >>> int(long_tail_profile(500, 100, 100).sum())  # CIFAR-100-LT, IF = 100
         10847
     """
-    if not _is_int(max_count) or max_count < 1:
+    if not is_int(max_count) or max_count < 1:
         raise ValueError(f"max_count must be a positive int, got {max_count!r}")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     imbalance = _check_imbalance_factor(imbalance_factor)
     kind = _check_kind(kind)
@@ -443,7 +412,7 @@ def long_tail_subsample(
                 high = middle - 1
         head = low
     else:
-        if not _is_int(max_count) or max_count < 1:
+        if not is_int(max_count) or max_count < 1:
             raise ValueError(f"max_count must be a positive int or None, got {max_count!r}")
         head = int(max_count)
 

@@ -30,7 +30,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from bcl.data.longtail import _check_seed, _class_label, _class_rng, _is_int, _is_real, _resolve_labels
+from bcl._checks import is_int, is_real
+from bcl.data.longtail import _check_seed, _class_label, _class_rng, _resolve_labels
 
 __all__ = ["Fold", "stratified_split", "stratified_kfold", "train_val_split_within"]
 
@@ -81,7 +82,7 @@ def _frozen(indices: np.ndarray) -> np.ndarray:
 
 
 def _check_fraction(value: object, name: str) -> float:
-    if not _is_real(value) or not 0.0 <= float(value) < 1.0:  # also rejects NaN
+    if not is_real(value) or not 0.0 <= float(value) < 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
@@ -243,10 +244,10 @@ def stratified_kfold(
         [55, 2, 2, 2, 2]
     """
     labels, names = _resolve_labels(labels_or_dataset)
-    if not _is_int(n_splits) or n_splits < 2:
+    if not is_int(n_splits) or n_splits < 2:
         raise ValueError(f"n_splits must be an int >= 2, got {n_splits!r}")
     seed = _check_seed(seed)
-    if not _is_int(repeats) or repeats < 1:
+    if not is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if seed + repeats - 1 > 2**32 - 1:  # scikit-learn random states are uint32
         raise ValueError(f"seed + repeats - 1 must fit in 32 bits, got seed={seed}, repeats={repeats}")

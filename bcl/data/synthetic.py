@@ -47,6 +47,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
+from bcl._checks import is_int
 from bcl.data.base import ImageClassificationDataset, Sample
 
 __all__ = [
@@ -615,12 +616,8 @@ def _render(class_name: str, index: int, image_size: int, seed: int, with_defect
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_image_size(image_size) -> int:
-    if not _is_int(image_size):
+    if not is_int(image_size):
         raise TypeError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size}")
@@ -628,7 +625,7 @@ def _check_image_size(image_size) -> int:
 
 
 def _check_seed(seed) -> int:
-    if not _is_int(seed):
+    if not is_int(seed):
         raise TypeError(f"seed must be a non-negative int, got {seed!r}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed}")
@@ -670,7 +667,7 @@ def _check_counts(counts) -> Dict[str, int]:
             f"got {type(counts).__name__}"
         )
     for name, n in items.items():
-        if not _is_int(n) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"counts[{name!r}] must be a non-negative int, got {n!r}")
     if sum(items.values()) == 0:
         raise ValueError("counts asks for no images at all; give at least one class a positive count")
@@ -708,7 +705,7 @@ def render_synthetic_transistor(
         (torch.Size([3, 32, 32]), torch.uint8, torch.Size([32, 32]), True, 'bent_lead')
     """
     _check_class_name(class_name)
-    if not _is_int(index) or index < 0:
+    if not is_int(index) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
     image_size, seed, nuisance = _check_image_size(image_size), _check_seed(seed), _check_nuisance(nuisance)
     return _render(class_name, int(index), image_size, seed, bool(with_defect), nuisance)

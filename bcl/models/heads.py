@@ -123,10 +123,11 @@ class NormedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}"
 
 
-class PrototypeHead(nn.Module):
+class PrototypeHead(ProjectionHead):
     """Maps classifier weight rows to unit-norm class prototypes: ``c_k = normalize(MLP(W_k))``.
 
-    A separate two-layer MLP with BatchNorm (not shared with the projection head). Nothing is
+    The same architecture as :class:`ProjectionHead` but a separate instance (not shared with the
+    projection head), applied to the C class weight rows instead of N features. Nothing is
     detached, so a contrastive loss on the prototypes also trains the classifier (as in the BCL paper).
 
     Args:
@@ -143,13 +144,6 @@ class PrototypeHead(nn.Module):
         >>> head(torch.randn(5, 16)).shape
         torch.Size([5, 8])
     """
-
-    def __init__(self, in_dim: int, hidden_dim: Optional[int] = None, out_dim: int = 128) -> None:
-        super().__init__()
-        self.in_dim = _check_dim("in_dim", in_dim)
-        self.hidden_dim = _check_dim("hidden_dim", in_dim if hidden_dim is None else hidden_dim)
-        self.out_dim = _check_dim("out_dim", out_dim)
-        self.mlp = _mlp(self.in_dim, self.hidden_dim, self.out_dim)
 
     def forward(self, class_weights: torch.Tensor) -> torch.Tensor:
         """Compute prototypes.
@@ -172,4 +166,4 @@ class PrototypeHead(nn.Module):
                 "PrototypeHead needs at least 2 classes in training mode (its BatchNorm normalises over "
                 f"the class rows), got {class_weights.shape[0]}"
             )
-        return F.normalize(self.mlp(class_weights), dim=-1)
+        return super().forward(class_weights)

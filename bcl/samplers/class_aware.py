@@ -9,7 +9,6 @@ sampling, while every image of a class is used before any of them repeats.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,37 +16,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from bcl._checks import as_label_array, is_int, is_real
+
 __all__ = ["ClassAwareSampler"]
 
 LabelsLike = Union[Sequence[int], np.ndarray, torch.Tensor]
-
-
-def _is_int(value: object) -> bool:
-    # bool is an Integral subclass, but True/False as a seed or a count is almost always a bug.
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _labels_to_numpy(labels: LabelsLike) -> np.ndarray:
-    """Validates ``labels`` and returns them as a 1-D int64 array."""
-    if isinstance(labels, torch.Tensor):
-        # Checked on the torch side because some dtypes (bfloat16) have no numpy equivalent.
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must hold integer class ids, got a tensor of dtype {labels.dtype}")
-        array = labels.detach().cpu().numpy()
-    else:
-        try:
-            array = np.asarray(labels)
-        except ValueError as exc:  # ragged nested sequences
-            raise ValueError(f"labels must be a 1-D sequence of integer class ids: {exc}") from exc
-    if array.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one class id per item), got shape {tuple(array.shape)}")
-    if array.size == 0:
-        raise ValueError("labels must not be empty")
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"labels must hold integer class ids, got dtype {array.dtype}")
-    if array.min() < 0:
-        raise ValueError(f"labels must be non-negative class ids, got minimum {array.min()}")
-    return array.astype(np.int64, copy=False)
 
 
 class ClassAwareSampler(Sampler[int]):
@@ -105,23 +78,23 @@ class ClassAwareSampler(Sampler[int]):
         num_replicas: Optional[int] = None,
         rank: Optional[int] = None,
     ) -> None:
-        label_array = _labels_to_numpy(labels)
+        label_array = as_label_array(labels)
 
-        if not isinstance(q, numbers.Real) or isinstance(q, (bool, np.bool_)):
+        if not is_real(q):
             raise TypeError(f"q must be a real number in [0, 1], got {type(q).__name__}")
         if not 0.0 <= float(q) <= 1.0:  # also rejects NaN
             raise ValueError(f"q must be in [0, 1], got {q}")
 
         if num_samples is None:
             num_samples = label_array.size
-        elif not _is_int(num_samples):
+        elif not is_int(num_samples):
             raise TypeError(
                 f"num_samples must be a positive int or None, got {type(num_samples).__name__}"
             )
         elif num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples}")
 
-        if not _is_int(seed):
+        if not is_int(seed):
             raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__}")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed}")
@@ -159,11 +132,11 @@ class ClassAwareSampler(Sampler[int]):
                 "num_replicas and rank must be given together (or both left None), "
                 f"got num_replicas={num_replicas}, rank={rank}"
             )
-        if not _is_int(num_replicas):
+        if not is_int(num_replicas):
             raise TypeError(f"num_replicas must be a positive int, got {type(num_replicas).__name__}")
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be a positive int, got {num_replicas}")
-        if not _is_int(rank):
+        if not is_int(rank):
             raise TypeError(f"rank must be an int in [0, num_replicas), got {type(rank).__name__}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
@@ -215,7 +188,7 @@ class ClassAwareSampler(Sampler[int]):
         Args:
             epoch: Non-negative int.
         """
-        if not _is_int(epoch):
+        if not is_int(epoch):
             raise TypeError(f"epoch must be a non-negative int, got {type(epoch).__name__}")
         if epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch}")
