@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test bench clean
+.PHONY: install run test clean
 
 install: $(VENV)/.installed
 
@@ -19,9 +19,6 @@ run: install
 
 test: install
 	$(PY) -m pytest
-
-bench: install
-	$(PY) benchmarks/bench_loss.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
