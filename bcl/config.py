@@ -1,0 +1,396 @@
+"""Configs: dataclasses are the schema; YAML files plus ``key=value`` overrides fill them, strictly.
+
+Loading goes through OmegaConf structured configs, so an unknown or misspelled key and a value of
+the wrong type are errors (naming the key and the valid ones), never silently ignored. Values may use
+OmegaConf interpolation, e.g. ``root: ${oc.env:BCL_MVTEC_ROOT,null}``.
+
+Example:
+    >>> cfg = load_config(SupConConfig, overrides=["optim.epochs=3", "data.image_size=32"])
+    >>> cfg.optim.epochs, cfg.data.image_size, cfg.loss.name
+    (3, 32, 'bcl')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+from yaml import YAMLError
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "ContrastiveLossConfig",
+    "ClassifierLossConfig",
+    "OptimConfig",
+    "SamplerConfig",
+    "EvalConfig",
+    "RunConfig",
+    "SupConConfig",
+    "LinearConfig",
+    "LinearModelConfig",
+    "load_config",
+    "config_to_yaml",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """Which images, at what size, split how.
+
+    ``dataset``: ``synthetic`` (the embedded transistor-like generator, no download) or ``mvtec``
+    (``root`` = MVTec AD root with ``category``, or one category folder). Splits: stratified
+    ``kfold`` (test = fold ``fold`` of ``n_folds``) or ``holdout`` (``test_fraction``); a stratified
+    validation part (``val_fraction``) is carved from the training part for model selection, so the
+    test part is never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first
+    keeps the largest class-ratio subset of the data (seeded by ``split_seed``).
+    """
+
+    dataset: str = "synthetic"
+    root: Optional[str] = None
+    category: Optional[str] = "transistor"
+    image_size: int = 64
+    synthetic_counts: List[int] = field(default_factory=lambda: [273, 10, 10, 10, 10])
+    synthetic_seed: int = 0
+    cache_dir: Optional[str] = None
+    subsample_ratios: Optional[List[int]] = None
+    split: str = "kfold"
+    n_folds: int = 5
+    fold: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    split_seed: int = 0
+    crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    randaugment: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, ("synthetic", "mvtec"))
+        _choice("data.split", self.split, ("kfold", "holdout"))
+        if self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16 pixels, got {self.image_size}")
+        if self.split == "kfold" and not 0 <= self.fold < self.n_folds:
+            raise ConfigError(f"data.fold must be in [0, data.n_folds={self.n_folds}), got {self.fold}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and heads for stage 1 (``prototypes``: ``classifier`` | ``learned`` | ``none``)."""
+
+    encoder: str = "resnet18"
+    weights: str = "none"
+    small_image_stem: bool = False
+    proj_dim: int = 128
+    proj_hidden_dim: Optional[int] = None
+    classifier: str = "cosine"
+    prototypes: str = "classifier"
+
+    def __post_init__(self) -> None:
+        _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _choice("model.classifier", self.classifier, ("cosine", "linear"))
+        _choice("model.prototypes", self.prototypes, ("classifier", "learned", "none"))
+        _positive("model.proj_dim", self.proj_dim)
+
+
+@dataclass
+class ContrastiveLossConfig:
+    """Stage-1 objective.
+
+    ``name``: ``bcl`` (class-averaged) or ``supcon`` (plain SupCon: no class averaging, no prototypes).
+    ``mode``: ``joint`` — the paper's ``alpha · LA-CE(view 0) + beta · contrastive(views 1..)`` — or
+    ``contrastive`` (contrastive term only; the classifier is left untrained).
+    """
+
+    name: str = "bcl"
+    mode: str = "joint"
+    temperature: float = 0.1
+    alpha: float = 2.0
+    beta: float = 0.6
+    la_tau: float = 1.0
+    contrastive_views: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("loss.name", self.name, ("bcl", "supcon"))
+        _choice("loss.mode", self.mode, ("joint", "contrastive"))
+        _positive("loss.temperature", self.temperature)
+        _positive("loss.alpha", self.alpha, allow_zero=True)
+        _positive("loss.beta", self.beta, allow_zero=True)
+        _positive("loss.la_tau", self.la_tau, allow_zero=True)
+        if self.contrastive_views < 1:
+            raise ConfigError(f"loss.contrastive_views must be >= 1, got {self.contrastive_views}")
+
+
+@dataclass
+class ClassifierLossConfig:
+    """Stage-2 / baseline loss: ``ce`` | ``weighted_ce`` (class-balanced, ``cb_beta``) | ``focal`` | ``logit_adjusted``."""
+
+    name: str = "ce"
+    focal_gamma: float = 2.0
+    cb_beta: float = 0.9999
+    la_tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("loss.name", self.name, ("ce", "weighted_ce", "focal", "logit_adjusted"))
+        _positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
+        if not 0 <= self.cb_beta < 1:
+            raise ConfigError(f"loss.cb_beta must be in [0, 1), got {self.cb_beta}")
+        _positive("loss.la_tau", self.la_tau, allow_zero=True)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser (``sgd`` | ``adam`` | ``adamw``) and schedule (linear warmup, then ``cosine`` or ``constant``).
+
+    A warmup longer than the run (e.g. after overriding ``epochs`` down) warms up over the whole run.
+    """
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 30
+    warmup_epochs: int = 2
+    schedule: str = "cosine"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("sgd", "adam", "adamw"))
+        _choice("optim.schedule", self.schedule, ("cosine", "constant"))
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _positive("optim.epochs", self.epochs)
+        _positive("optim.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if self.batch_size < 2:
+            raise ConfigError(f"optim.batch_size must be >= 2 (BatchNorm and contrastive pairs), got {self.batch_size}")
+
+
+@dataclass
+class SamplerConfig:
+    """``instance`` (shuffle) or ``class_aware`` (class drawn ∝ n_c^q; q = 0 class-balanced)."""
+
+    kind: str = "instance"
+    q: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("sampler.kind", self.kind, ("instance", "class_aware"))
+        if not 0 <= self.q <= 1:
+            raise ConfigError(f"sampler.q must be in [0, 1], got {self.q}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: kNN on embeddings (faiss, cosine) and the TensorBoard projector."""
+
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    every: int = 1
+    projector_per_class: int = 20
+    thumbnail_size: int = 48
+
+    def __post_init__(self) -> None:
+        _positive("eval.knn_k", self.knn_k)
+        _positive("eval.knn_temperature", self.knn_temperature)
+        _positive("eval.every", self.every)
+        _positive("eval.projector_per_class", self.projector_per_class, allow_zero=True)
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how the run behaves.
+
+    ``name`` defaults to the config file's stem plus a UTC timestamp. An existing run folder is never
+    reused silently: pass ``--resume`` to continue it or ``run.overwrite=true`` to move it aside.
+    ``stop_after_epochs`` ends this session after that many epochs (a time-sliced or preemptible
+    job); ``--resume`` continues it.
+    """
+
+    output_dir: str = "runs"
+    name: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    stop_after_epochs: Optional[int] = None
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        if self.stop_after_epochs is not None:
+            _positive("run.stop_after_epochs", self.stop_after_epochs)
+
+
+@dataclass
+class SupConConfig:
+    """Stage 1 (``train_supcon.py``): contrastive pre-training, optionally joint with a classifier."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.name == "supcon" and self.model.prototypes != "none":
+            raise ConfigError(
+                "loss.name=supcon is plain SupCon, which has no prototypes: set model.prototypes=none "
+                f"(got {self.model.prototypes!r}) or use loss.name=bcl"
+            )
+        if self.loss.mode == "contrastive" and self.model.prototypes == "classifier":
+            raise ConfigError(
+                "loss.mode=contrastive trains no classifier, so prototypes cannot come from it: "
+                "set model.prototypes=learned or none"
+            )
+
+
+@dataclass
+class LinearModelConfig:
+    """Stage 2 / baselines: where the encoder comes from and whether it is trained.
+
+    ``stage1_checkpoint``: a ``train_supcon.py`` checkpoint; the encoder's architecture and weights
+    are read from it (``encoder``, ``weights`` and ``small_image_stem`` are then not used). Otherwise
+    the encoder is built from ``encoder`` with ``weights`` (``none``, ``imagenet`` or a file).
+    ``finetune``: false = linear probe (encoder frozen, in eval mode); true = end-to-end training.
+    """
+
+    stage1_checkpoint: Optional[str] = None
+    encoder: str = "resnet18"
+    weights: str = "none"
+    small_image_stem: bool = False
+    classifier: str = "linear"
+    finetune: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _choice("model.classifier", self.classifier, ("cosine", "linear"))
+
+
+@dataclass
+class LinearConfig:
+    """Stage 2 (``train_linear.py``): a classifier on a frozen or fine-tuned encoder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: LinearModelConfig = field(default_factory=LinearModelConfig)
+    loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _valid_keys(node: Any) -> List[str]:
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain_unknown_key(schema_cfg: DictConfig, full_key: str, source: str) -> ConfigError:
+    parent_path, _, leaf = full_key.rpartition(".")
+    parent = OmegaConf.select(schema_cfg, parent_path) if parent_path else schema_cfg
+    where = f"'{parent_path}'" if parent_path else "the top level"
+    return ConfigError(
+        f"{source}: unknown config key '{full_key}'; valid keys in {where}: {', '.join(_valid_keys(parent))}"
+    )
+
+
+def _merge(schema_cfg: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema_cfg, update)
+    except ConfigKeyError as error:
+        raise _explain_unknown_key(schema_cfg, str(error.full_key), source) from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"{source}: bad value for '{key}': {message}") from None
+
+
+def load_config(schema: Type[T], path: Optional[os.PathLike] = None, overrides: Sequence[str] = ()) -> T:
+    """Builds a config of type ``schema`` from its defaults, a YAML file, then ``key=value`` overrides.
+
+    Args:
+        schema: The dataclass (e.g. :class:`SupConConfig`).
+        path: Optional YAML file; only keys of the schema are allowed.
+        overrides: ``"section.key=value"`` strings, applied last (values are typed by the schema).
+
+    Returns:
+        A validated instance of ``schema``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: Bad YAML, an unknown key (the valid ones are listed), a value of the wrong type or
+            outside its allowed range; the message names the file or override and the key.
+    """
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = OmegaConf.load(path)
+        except (YAMLError, OmegaConfBaseException) as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got a list")
+        cfg = _merge(cfg, loaded, f"config file {str(path)!r}")
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        try:
+            update = OmegaConf.from_dotlist([override])
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"override {override!r} could not be parsed: {error}") from None
+        cfg = _merge(cfg, update, f"override {override!r}")
+    try:
+        OmegaConf.resolve(cfg)
+        return OmegaConf.to_object(cfg)
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"config could not be resolved: {str(error).splitlines()[0]}") from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(f"bad value for '{key}': {str(error).splitlines()[0]}") from None
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """Plain nested dict (saved inside checkpoints; only str/int/float/bool/None/list/dict)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(schema: Type[T], values: Dict[str, Any]) -> T:
+    """Rebuilds and re-validates a config saved with :func:`config_to_dict`."""
+    return OmegaConf.to_object(_merge(OmegaConf.structured(schema), OmegaConf.create(values), "saved config"))
+
+
+def config_to_yaml(config: Any) -> str:
+    """The resolved config as YAML text (what ``--print-config`` shows and ``config.yaml`` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
