@@ -14,8 +14,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The main job: stage 1 (BCL) then stage 2 (linear probe) on the embedded synthetic transistor data.
+RUN_NAME := main-$(shell date -u +%Y%m%d-%H%M%S)
 run: install
-	$(PY) examples/loss_demo.py
+	$(PY) train_supcon.py --config configs/main_supcon.yaml run.name=$(RUN_NAME)-supcon
+	$(PY) train_linear.py --config configs/main_linear.yaml run.name=$(RUN_NAME)-linear \
+		model.stage1_checkpoint=runs/$(RUN_NAME)-supcon/checkpoints/best.pt
 
 test: install
 	$(PY) -m pytest

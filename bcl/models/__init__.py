@@ -1,13 +1,12 @@
 """Models: ResNet encoders, projection / classifier / prototype heads, and the combined BCL model.
 
 Example:
+    >>> import torch
     >>> from bcl.models import build_model
     >>> model = build_model("resnet18", num_classes=3, small_image_stem=True, proj_dim=8)
     >>> model(torch.zeros(2, 3, 32, 32))["projections"].shape
     torch.Size([2, 8])
 """
-
-import torch  # noqa: F401  (used by the doctest above)
 
 from .bcl_model import CLASSIFIERS, PROTOTYPE_MODES, BCLModel, build_model
 from .encoders import (

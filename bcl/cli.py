@@ -1,0 +1,58 @@
+"""Command line shared by ``train_supcon.py`` and ``train_linear.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Type
+
+from bcl.config import ConfigError, config_to_yaml, load_config
+from bcl.metrics import format_results_table
+
+__all__ = ["main"]
+
+
+def _parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Overrides are section.key=value, e.g. optim.epochs=10 data.image_size=64 run.name=try1.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file (keys of the schema only)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Parses arguments, runs one stage, prints its results table and where its logs are."""
+    args = _parser(description).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.resume and (args.config or args.overrides):
+        sys.stderr.write("error: --resume continues a run with its saved config; drop --config and overrides\n")
+        return 2
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+        if args.print_config:
+            sys.stdout.write(config_to_yaml(cfg))
+            return 0
+        stem = args.config.stem if args.config else schema.__name__.lower()
+        result = run_stage(cfg, config_stem=stem, resume=args.resume)
+    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    if result.metrics is None:
+        sys.stdout.write(f"Stopped after epoch {result.completed_epochs}; continue with --resume {result.run_dir}\n")
+        return 0
+    rows = {f"{result.metrics['stage']} {split}": result.metrics[split] for split in ("val", "test")}
+    stage1_metrics = Path(result.metrics.get("stage1_run", "")) / "metrics.json"
+    if "stage1_run" in result.metrics and stage1_metrics.is_file():
+        # Put the stage-1 model's own numbers on the same test part next to the probe's.
+        rows = {"supcon test (stage 1)": json.loads(stage1_metrics.read_text())["test"], **rows}
+    sys.stdout.write("\n" + format_results_table(rows) + "\n")
+    sys.stdout.write(f"\nRun folder: {result.run_dir}\nTensorBoard: tensorboard --logdir {result.run_dir.parent}\n")
+    return 0

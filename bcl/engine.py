@@ -1,0 +1,244 @@
+"""The pieces both training stages share: data and splits, loaders, optimiser and schedule, seeding,
+feature extraction and evaluation.
+
+Every epoch's randomness (loader order, sampler, augmentations) is a function of (seed, epoch), so a
+run resumed from an epoch checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from bcl.config import ConfigError, DataConfig, EvalConfig, OptimConfig, RunConfig, SamplerConfig
+from bcl.data import (
+    ImageClassificationDataset,
+    MVTecAD,
+    SyntheticTransistor,
+    class_counts,
+    eval_transform,
+    fixed_ratio_subsample,
+    seed_worker,
+    stratified_kfold,
+    stratified_split,
+    train_val_split_within,
+)
+from bcl.metrics import classification_metrics, knn_metrics
+from bcl.samplers import ClassAwareSampler
+
+__all__ = [
+    "NonFiniteLossError",
+    "DataSplits",
+    "resolve_device",
+    "seed_for_epoch",
+    "build_dataset",
+    "make_splits",
+    "train_loader",
+    "eval_loader",
+    "build_optimizer",
+    "build_scheduler",
+    "check_finite",
+    "progress",
+    "extract",
+    "evaluate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; the run stops rather than train on garbage."""
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Positions of the train / validation / test images in the dataset."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def as_dict(self) -> Dict[str, np.ndarray]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda but no CUDA device is available; use run.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_for_epoch(seed: int, epoch: int) -> int:
+    """Seeds torch, numpy and ``random`` from (seed, epoch) and returns the derived seed."""
+    derived = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    torch.manual_seed(derived)
+    np.random.seed(derived)
+    random.seed(derived)
+    return derived
+
+
+def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
+    """The labelled dataset, decoded once at ``cfg.image_size`` (no transform yet)."""
+    if cfg.dataset == "synthetic":
+        dataset = SyntheticTransistor(counts=list(cfg.synthetic_counts), image_size=cfg.image_size, seed=cfg.synthetic_seed)
+    elif not cfg.root:
+        raise ConfigError(
+            "data.dataset=mvtec needs data.root: the MVTec AD root (with data.category) or one category "
+            "folder; e.g. data.root=/data/mvtec_ad, or set BCL_MVTEC_ROOT for the shipped configs"
+        )
+    else:
+        dataset = MVTecAD(cfg.root, category=cfg.category, image_size=cfg.image_size, cache_dir=cfg.cache_dir)
+    if cfg.subsample_ratios is not None:
+        dataset = dataset.subset(fixed_ratio_subsample(dataset, cfg.subsample_ratios, seed=cfg.split_seed))
+    return dataset
+
+
+def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig) -> DataSplits:
+    """Stratified train / validation / test positions; every class must keep training images."""
+    try:
+        if cfg.split == "kfold":
+            fold = stratified_kfold(dataset, n_splits=cfg.n_folds, seed=cfg.split_seed)[cfg.fold]
+            train, val = train_val_split_within(fold.train_idx, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+            splits = DataSplits(np.asarray(train), np.asarray(val), np.asarray(fold.test_idx))
+        else:
+            train, val, test = stratified_split(
+                dataset, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed
+            )
+            splits = DataSplits(np.asarray(train), np.asarray(val), np.asarray(test))
+    except ValueError as error:  # the splitters name the class that is too small
+        raise ConfigError(f"data.split={cfg.split} cannot split this dataset: {error}") from None
+    labels = np.asarray(dataset.targets)
+    train_counts = class_counts(labels[splits.train], num_classes=len(dataset.class_names))
+    empty = [dataset.class_names[k] for k, n in enumerate(train_counts) if n == 0]
+    if empty:
+        raise ConfigError(f"the split leaves classes {empty} without training images; change data.* split settings")
+    return splits
+
+
+def train_loader(
+    dataset: ImageClassificationDataset,
+    batch_size: int,
+    sampler_cfg: SamplerConfig,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A training loader whose order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed_for_epoch(seed, epoch))
+    if sampler_cfg.kind == "class_aware":
+        sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
+    # A last batch of one image would break BatchNorm; dropping it costs < batch_size images an epoch.
+    batch_size = min(batch_size, len(dataset))
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+        worker_init_fn=seed_worker, generator=generator, persistent_workers=False,
+    )
+
+
+def eval_loader(dataset: ImageClassificationDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    """Per-step linear warmup, then cosine decay to 0 (or constant); its state is saved in checkpoints."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress_done = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress_done, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(terms: Dict[str, torch.Tensor], epoch: int, step: int) -> None:
+    """Stops the run on the first non-finite loss term, saying which term, epoch and step."""
+    for name, value in terms.items():
+        if not bool(torch.isfinite(value)):
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1}: the '{name}' term is {value.item()}; "
+                "lower optim.lr or check the data"
+            )
+
+
+def progress(iterable, run_cfg: RunConfig, description: str, total: Optional[int] = None):
+    """tqdm when asked for and stderr is a terminal; the plain iterable otherwise."""
+    enabled = run_cfg.progress and sys.stderr.isatty()
+    return tqdm(iterable, desc=description, total=total, leave=False, dynamic_ncols=True, disable=not enabled)
+
+
+@torch.no_grad()
+def extract(model: nn.Module, dataset: ImageClassificationDataset, image_size: int, device: torch.device,
+            batch_size: int = 64) -> Dict[str, torch.Tensor]:
+    """Features and logits of every image (evaluation transform, model in eval mode), on the CPU.
+
+    ``model(images)`` must return a dict with ``features`` and ``logits``.
+    """
+    was_training = model.training
+    model.eval()
+    view = ImageClassificationDataset(dataset.class_names, dataset.samples, dataset.images, eval_transform(image_size))
+    features, logits = [], []
+    for images, _ in eval_loader(view, batch_size):
+        out = model(images.to(device))
+        features.append(out["features"].float().cpu())
+        logits.append(out["logits"].float().cpu())
+    model.train(was_training)
+    return {"features": torch.cat(features), "logits": torch.cat(logits),
+            "labels": torch.as_tensor(dataset.targets, dtype=torch.long)}
+
+
+def evaluate(
+    outputs: Dict[str, torch.Tensor],
+    reference: Dict[str, torch.Tensor],
+    class_names: List[str],
+    train_counts: List[int],
+    eval_cfg: EvalConfig,
+    classifier: bool = True,
+) -> Dict[str, object]:
+    """Classifier metrics (argmax of raw logits) and kNN metrics of ``outputs`` against ``reference``.
+
+    ``reference`` holds the training images' features (the kNN memory and the ``good`` embeddings for
+    the anomaly AUROC). Returns a JSON-serialisable dict.
+    """
+    labels = outputs["labels"].numpy()
+    metrics: Dict[str, object] = {}
+    if classifier:
+        probabilities = F.softmax(outputs["logits"], dim=1).numpy()
+        metrics.update(classification_metrics(
+            labels, outputs["logits"].argmax(1).numpy(), class_names, train_counts=train_counts, scores=probabilities
+        ))
+    metrics.update(knn_metrics(
+        reference["features"].numpy(), reference["labels"].numpy(), outputs["features"].numpy(), labels,
+        class_names, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature,
+    ))
+    return metrics

@@ -1,0 +1,422 @@
+"""The two training stages as library functions; ``train_supcon.py`` and ``train_linear.py`` call them.
+
+Stage 1 (:func:`run_supcon`) trains an encoder + projection head with BalancedSupCon or SupCon,
+either jointly with a logit-adjusted classifier (the paper's recipe) or contrastive-only. Stage 2
+(:func:`run_linear`) trains a classifier on an encoder from a stage-1 checkpoint, torchvision weights
+or scratch, frozen (linear probe) or fine-tuned (the cross-entropy baselines).
+
+Both select the model on the validation part and evaluate the selected model once on the test part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from bcl.config import (
+    ConfigError,
+    LinearConfig,
+    SupConConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+)
+from bcl.data import ImageClassificationDataset, bcl_train_transform, class_counts, classifier_view
+from bcl.engine import (
+    DataSplits,
+    build_dataset,
+    build_optimizer,
+    build_scheduler,
+    check_finite,
+    evaluate,
+    extract,
+    make_splits,
+    progress,
+    resolve_device,
+    train_loader,
+)
+from bcl.losses import BalancedSupCon, FocalLoss, LogitAdjustedLoss, class_balanced_weights
+from bcl.models import Encoder, NormedLinear, build_encoder, build_model
+from bcl.runs import RunDir, atomic_write_text, read_jsonl, rng_state, set_rng_state
+from bcl.tensorboard import TensorBoardLogger, select_projector_indices
+
+__all__ = ["StageResult", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder"]
+
+logger = logging.getLogger(__name__)
+
+STAGE1, STAGE2 = "supcon", "linear"
+
+
+@dataclass
+class StageResult:
+    """What a finished (or paused) stage leaves behind."""
+
+    run_dir: Path
+    metrics: Optional[Dict[str, Any]]  # None when the session stopped early (run.stop_after_epochs)
+    completed_epochs: int
+
+
+class LinearProbeModel(nn.Module):
+    """An encoder plus a classifier; with ``frozen`` the encoder stays in eval mode and gets no gradients."""
+
+    def __init__(self, encoder: Encoder, num_classes: int, classifier: str = "linear", frozen: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.frozen = frozen
+        if classifier == "cosine":
+            self.classifier: nn.Module = NormedLinear(encoder.feature_dim, num_classes)
+        else:
+            self.classifier = nn.Linear(encoder.feature_dim, num_classes)
+        if frozen:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "LinearProbeModel":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # BatchNorm statistics of a probed encoder must not move
+        return self
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            features = self.encoder(images)
+        return {"features": features, "logits": self.classifier(features)}
+
+
+def _state_digest(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, to prove a frozen encoder did not change at all."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_stage1_encoder(path: str) -> tuple:
+    """Encoder (architecture and weights) and config from a ``train_supcon.py`` checkpoint.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ConfigError: The file is not a stage-1 checkpoint, or its weights do not fit its architecture.
+    """
+    path_obj = Path(path)
+    if not path_obj.is_file():
+        raise FileNotFoundError(f"model.stage1_checkpoint {path!r} does not exist")
+    try:
+        checkpoint = torch.load(path_obj, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means it is no checkpoint of ours
+        raise ConfigError(f"model.stage1_checkpoint {path!r} could not be loaded as a checkpoint: {error}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("stage") != STAGE1:
+        found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ConfigError(
+            f"model.stage1_checkpoint {path!r} is not a train_supcon.py (stage-1) checkpoint (stage: {found!r})"
+        )
+    stage1_cfg = config_from_dict(SupConConfig, checkpoint["config"])
+    encoder = Encoder(stage1_cfg.model.encoder, small_image_stem=stage1_cfg.model.small_image_stem)
+    prefix = "encoder."
+    state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"model.stage1_checkpoint {path!r}: its encoder weights do not fit {stage1_cfg.model.encoder}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    return encoder, stage1_cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop both stages share
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stage:
+    name: str
+    cfg: Any
+    model: nn.Module
+    dataset: ImageClassificationDataset
+    splits: DataSplits
+    train_transform: Callable
+    loss_fn: Callable  # (model, images, targets, epoch, step) -> (loss, {term: value})
+    selection: str  # the validation metric that picks the best epoch
+    classifier_metrics: bool
+
+
+def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
+    if resume:
+        path = Path(resume)
+        return RunDir.open(path.parent, path.name, mode="resume")
+    name = cfg.run.name or f"{config_stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    mode = "overwrite" if cfg.run.overwrite else "new"
+    return RunDir.open(cfg.run.output_dir, name, mode=mode)
+
+
+def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
+    cfg, model, dataset, splits = stage.cfg, stage.model, stage.dataset, stage.splits
+    device = resolve_device(cfg.run.device)
+    model.to(device)
+    names = dataset.class_names
+    train_set = dataset.subset(splits.train)
+    train_set.transform = stage.train_transform
+    train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(names)).tolist()
+
+    steps_per_epoch = len(train_loader(train_set, cfg.optim.batch_size, cfg.sampler, cfg.run.seed, 0))
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
+    start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
+    if resume:
+        checkpoint = run.load_checkpoint("last.pt")
+        if checkpoint.get("stage") != stage.name:
+            raise ConfigError(f"{run.path} holds a {checkpoint.get('stage')!r} run, not a {stage.name!r} run")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, best = checkpoint["epoch"], checkpoint["best"]
+        set_rng_state(checkpoint["rng"])
+        _drop_log_records_after(run, start_epoch)
+        logger.info("resuming %s from epoch %d", run.path, start_epoch)
+    else:
+        run.save_config(config_to_yaml(cfg))
+        run.write_environment()
+
+    config_dict = config_to_dict(cfg)
+    board = TensorBoardLogger(run.tensorboard_dir, enabled=cfg.run.tensorboard)
+    started = time.perf_counter()
+    stop_at = cfg.optim.epochs
+    if cfg.run.stop_after_epochs is not None:
+        stop_at = min(stop_at, start_epoch + cfg.run.stop_after_epochs)
+    epoch = start_epoch
+    for epoch in range(start_epoch, stop_at):
+        model.train()
+        loader = train_loader(train_set, cfg.optim.batch_size, cfg.sampler, cfg.run.seed, epoch, cfg.data.num_workers)
+        sums: Dict[str, float] = {}
+        for step, (images, targets) in enumerate(progress(loader, cfg.run, f"epoch {epoch + 1}/{cfg.optim.epochs}")):
+            images, targets = images.to(device), targets.to(device)
+            loss, terms = stage.loss_fn(model, images, targets, epoch, step)
+            check_finite({"total": loss, **terms}, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for key, value in {"loss": loss, **terms}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{k}": v / max(len(loader), 1) for k, v in sums.items()})
+        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
+            val = _evaluate_split(stage, model, splits.val, train_counts, device)
+            record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float)) or v is None})
+            value = val.get(stage.selection)
+            if value is not None and (best["value"] is None or value > best["value"]):
+                best = {"epoch": epoch + 1, "value": float(value), "metric": stage.selection}
+                run.save_checkpoint({"stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
+                                     "config": config_dict}, "best.pt")
+        run.append_log(record)
+        board.scalars({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        run.save_checkpoint({
+            "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best": best, "config": config_dict, "rng": rng_state(),
+        }, "last.pt")
+        logger.info("epoch %d/%d: %s", epoch + 1, cfg.optim.epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+    completed = stop_at if stop_at > start_epoch else start_epoch
+    if completed < cfg.optim.epochs:
+        board.close()
+        logger.info("stopped after epoch %d of %d (run.stop_after_epochs); continue with --resume %s",
+                    completed, cfg.optim.epochs, run.path)
+        return StageResult(run.path, None, completed)
+
+    metrics = _finish(stage, run, board, train_counts, best, device)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    run.write_metrics(metrics)
+    board.close()
+    return StageResult(run.path, metrics, completed)
+
+
+def _drop_log_records_after(run: RunDir, epoch: int) -> None:
+    """A run killed after logging an epoch but before checkpointing it redoes that epoch: drop its record."""
+    if run.log_path.exists():
+        kept = [record for record in read_jsonl(run.log_path) if record.get("epoch", 0) <= epoch]
+        atomic_write_text(run.log_path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def _evaluate_split(stage: _Stage, model: nn.Module, positions: np.ndarray, train_counts: List[int],
+                    device: torch.device) -> Dict[str, Any]:
+    image_size = stage.cfg.data.image_size
+    reference = extract(model, stage.dataset.subset(stage.splits.train), image_size, device)
+    outputs = extract(model, stage.dataset.subset(positions), image_size, device)
+    return evaluate(outputs, reference, stage.dataset.class_names, train_counts, stage.cfg.eval,
+                    classifier=stage.classifier_metrics)
+
+
+def _finish(stage: _Stage, run: RunDir, board: TensorBoardLogger, train_counts: List[int],
+            best: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """Loads the epoch chosen on validation, evaluates it once on test, logs figures and the projector."""
+    model, dataset, splits, cfg = stage.model, stage.dataset, stage.splits, stage.cfg
+    if best["epoch"] is not None:
+        model.load_state_dict(run.load_checkpoint("best.pt")["model"])
+    image_size = cfg.data.image_size
+    reference = extract(model, dataset.subset(splits.train), image_size, device)
+    outputs = {name: extract(model, dataset.subset(positions), image_size, device)
+               for name, positions in splits.as_dict().items()}
+    val = evaluate(outputs["val"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
+    test = evaluate(outputs["test"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
+    metrics: Dict[str, Any] = {
+        "stage": stage.name, "selected_epoch": best["epoch"], "selection_metric": best["metric"],
+        "class_names": dataset.class_names, "train_counts": train_counts,
+        "split_sizes": {name: int(len(positions)) for name, positions in splits.as_dict().items()},
+        "val": val, "test": test,
+    }
+    final_step = cfg.optim.epochs
+    board.scalars({f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}, step=final_step)
+    if "confusion_matrix" in test:
+        board.confusion_matrix(test["confusion_matrix"], dataset.class_names, step=final_step, tag="test/confusion_matrix")
+    board.hparams(config_to_dict(cfg),
+                  {f"hparam/test_{k}": test[k] for k in ("balanced_accuracy", "knn_balanced_accuracy") if test.get(k) is not None})
+    _log_projector(board, stage, outputs, final_step)
+    return metrics
+
+
+def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, Dict[str, torch.Tensor]], step: int) -> None:
+    """Class-stratified embeddings of every split, with class / split / prediction / correct and thumbnails."""
+    per_class = stage.cfg.eval.projector_per_class
+    if per_class == 0:
+        return
+    dataset, names = stage.dataset, stage.dataset.class_names
+    features, metadata, images = [], [], []
+    for split, positions in stage.splits.as_dict().items():
+        out = outputs[split]
+        chosen = select_projector_indices(out["labels"].numpy(), per_class, seed=stage.cfg.run.seed)
+        predictions = out["logits"].argmax(1)
+        for i in chosen:
+            label = int(out["labels"][i])
+            row = {"class": names[label], "split": split}
+            if stage.classifier_metrics:
+                row.update(prediction=names[int(predictions[i])], correct=str(bool(predictions[i] == label)))
+            metadata.append(row)
+            features.append(out["features"][i])
+            images.append(dataset.images[int(positions[i])])
+    board.embeddings(torch.stack(features), metadata, torch.stack(images), step=step, tag=f"{stage.name}_features",
+                     thumbnail_size=stage.cfg.eval.thumbnail_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 1
+# ------------------------------------------------------------------------------------------------
+
+
+def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
+    """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
+    run = _open_run(cfg, config_stem, resume) if resume else None
+    if run is not None:
+        cfg = config_from_dict(SupConConfig, run.load_checkpoint("last.pt")["config"])
+    torch.manual_seed(cfg.run.seed)
+    dataset = build_dataset(cfg.data)
+    splits = make_splits(dataset, cfg.data)
+    model = build_model(
+        cfg.model.encoder, len(dataset.class_names), weights=cfg.model.weights,
+        small_image_stem=cfg.model.small_image_stem, proj_dim=cfg.model.proj_dim,
+        proj_hidden_dim=cfg.model.proj_hidden_dim, classifier=cfg.model.classifier, prototypes=cfg.model.prototypes,
+    )
+    joint = cfg.loss.mode == "joint"
+    views = bcl_train_transform(
+        cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
+        crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment,
+    )
+    contrastive = BalancedSupCon(temperature=cfg.loss.temperature, class_averaging=cfg.loss.name == "bcl")
+    train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names))
+    logit_adjusted = LogitAdjustedLoss(train_counts.tolist(), tau=cfg.loss.la_tau)
+
+    def loss_fn(model, images, targets, epoch, step):
+        out = model(images)  # all views through the encoder at once: [B, V, ...]
+        first_contrastive = 1 if joint else 0
+        terms = {"contrastive": contrastive(out["projections"][:, first_contrastive:], targets, out["prototypes"])}
+        if not joint:
+            return terms["contrastive"], terms
+        terms["ce"] = logit_adjusted.to(images.device)(out["logits"][:, 0], targets)
+        return cfg.loss.alpha * terms["ce"] + cfg.loss.beta * terms["contrastive"], terms
+
+    stage = _Stage(
+        STAGE1, cfg, model, dataset, splits, views, loss_fn,
+        selection="balanced_accuracy" if joint else "knn_balanced_accuracy", classifier_metrics=joint,
+    )
+    # The run folder is made only once data and model exist, so a bad setting leaves nothing behind.
+    return _train(stage, run or _open_run(cfg, config_stem, None), resume=bool(resume))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2
+# ------------------------------------------------------------------------------------------------
+
+# Settings that decide which images are in which split: a stage-1 encoder must come from the same ones,
+# or its training images could sit in this run's test part.
+_SPLIT_KEYS = ("dataset", "root", "category", "synthetic_counts", "synthetic_seed", "split", "n_folds", "fold",
+               "test_fraction", "val_fraction", "split_seed")
+
+
+def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) -> None:
+    differing = [k for k in _SPLIT_KEYS if getattr(cfg.data, k) != getattr(stage1_cfg.data, k)]
+    if differing:
+        details = ", ".join(f"data.{k}: {getattr(stage1_cfg.data, k)!r} vs {getattr(cfg.data, k)!r}" for k in differing)
+        raise ConfigError(
+            f"model.stage1_checkpoint {path!r} was trained on a different split ({details}); its training "
+            "images could be in this run's test part. Use the stage-1 run's data settings."
+        )
+
+
+def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
+    """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
+    run = _open_run(cfg, config_stem, resume) if resume else None
+    if run is not None:
+        cfg = config_from_dict(LinearConfig, run.load_checkpoint("last.pt")["config"])
+    torch.manual_seed(cfg.run.seed)
+    if cfg.model.stage1_checkpoint:
+        encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)
+        _check_same_split(cfg, stage1_cfg, cfg.model.stage1_checkpoint)
+        logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem, cfg.model.stage1_checkpoint)
+    else:
+        encoder = build_encoder(cfg.model.encoder, weights=cfg.model.weights, small_image_stem=cfg.model.small_image_stem)
+    dataset = build_dataset(cfg.data)
+    splits = make_splits(dataset, cfg.data)
+    frozen = not cfg.model.finetune
+    model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)
+    train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names)).tolist()
+    criterion = _classifier_loss(cfg, train_counts)
+    encoder_digest = _state_digest(model.encoder) if frozen else None
+
+    def loss_fn(model, images, targets, epoch, step):
+        loss = criterion.to(images.device)(model(images)["logits"], targets)
+        return loss, {cfg.loss.name: loss}
+
+    view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment)
+    stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True)
+    run = run or _open_run(cfg, config_stem, None)
+    result = _train(stage, run, resume=bool(resume))
+    if frozen and _state_digest(model.encoder) != encoder_digest:
+        raise RuntimeError("the frozen encoder changed during the linear probe; this is a bug in bcl")
+    if result.metrics is not None:
+        result.metrics["encoder_frozen"] = frozen
+        if cfg.model.stage1_checkpoint:
+            result.metrics["stage1_run"] = str(Path(cfg.model.stage1_checkpoint).resolve().parent.parent)
+        result.metrics["encoder_sha256"] = _state_digest(model.encoder)
+        run.write_metrics(result.metrics)
+    return result
+
+
+def _classifier_loss(cfg: LinearConfig, train_counts: List[int]) -> nn.Module:
+    if cfg.loss.name == "logit_adjusted":
+        return LogitAdjustedLoss(train_counts, tau=cfg.loss.la_tau)
+    if cfg.loss.name == "focal":
+        return FocalLoss(gamma=cfg.loss.focal_gamma)
+    weight = class_balanced_weights(train_counts, beta=cfg.loss.cb_beta) if cfg.loss.name == "weighted_ce" else None
+    return nn.CrossEntropyLoss(weight=weight)

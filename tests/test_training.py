@@ -1,0 +1,219 @@
+"""Tiny end-to-end runs of both training scripts on CPU, read back from their run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bcl.cli import main
+from bcl.config import LinearConfig, SupConConfig
+from bcl.stages import run_linear, run_supcon
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 5 classes, 2 folds; 32 px without the small stem keeps a ResNet-18 step to a fraction of a second.
+TINY_DATA = ["data.synthetic_counts=[16,6,6,6,6]", "data.image_size=32", "data.n_folds=2", "data.val_fraction=0.2"]
+TINY = TINY_DATA + ["optim.epochs=2", "optim.warmup_epochs=1", "optim.batch_size=8",
+                    "eval.knn_k=5", "eval.projector_per_class=3", "eval.thumbnail_size=16", "run.progress=false"]
+
+
+def supcon(tmp_path, name, *overrides, expect=0):
+    argv = [*TINY, "model.proj_dim=16", f"run.output_dir={tmp_path}", f"run.name={name}", *overrides]
+    assert main(SupConConfig, run_supcon, "stage 1", argv) == expect
+    return tmp_path / name
+
+
+def linear(tmp_path, name, *overrides, expect=0):
+    argv = [*TINY, f"run.output_dir={tmp_path}", f"run.name={name}", *overrides]
+    assert main(LinearConfig, run_linear, "stage 2", argv) == expect
+    return tmp_path / name
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_run_folder(run, stage, epochs, classifier=True):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["optim"]["epochs"] == epochs and config["data"]["image_size"] == 32
+    assert (run / "environment.json").is_file()
+    for name in ("last.pt", "best.pt"):
+        checkpoint = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert checkpoint["stage"] == stage and checkpoint["config"]["optim"]["epochs"] == epochs
+    log = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in log] == list(range(1, epochs + 1))
+    assert all(r["train_loss"] > 0 and r["lr"] >= 0 for r in log) and log[0]["lr"] > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stage"] == stage and metrics["class_names"][0] == "good"
+    assert set(metrics["split_sizes"]) == {"train", "val", "test"}
+    test = metrics["test"]
+    assert 0 <= test["knn_balanced_accuracy"] <= 1
+    if classifier:
+        assert 0 <= test["balanced_accuracy"] <= 1 and len(test["confusion_matrix"]) == 5
+    # TensorBoard: scalars per epoch, read back from the event file
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == list(range(1, epochs + 1))
+    if classifier:
+        assert any("confusion_matrix" in tag for tag in events.Tags()["images"])
+    # the embedding projector: config, metadata, tensors and sprite, every class present
+    projector = (run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert "metadata_path" in projector and "tensor_path" in projector and "sprite" in projector
+    metadata_files = list((run / "tensorboard").rglob("metadata.tsv"))
+    assert len(metadata_files) == 1
+    rows = [line.split("\t") for line in metadata_files[0].read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    assert header[:2] == ["class", "split"] and (("prediction" in header) == classifier)
+    assert {r[0] for r in rows} == set(metrics["class_names"]) and {r[1] for r in rows} == {"train", "val", "test"}
+    tensors = (metadata_files[0].parent / "tensors.tsv").read_text().splitlines()
+    assert len(tensors) == len(rows)
+    with Image.open(metadata_files[0].parent / "sprite.png") as sprite:
+        assert sprite.size[0] % 16 == 0
+    return metrics
+
+
+def test_stage1_joint_then_linear_probe_leaves_encoder_untouched(tmp_path, capsys):
+    stage1 = supcon(tmp_path, "bcl")
+    check_run_folder(stage1, "supcon", epochs=2)
+    stage2 = linear(tmp_path, "probe", f"model.stage1_checkpoint={stage1 / 'checkpoints' / 'best.pt'}",
+                    "loss.name=logit_adjusted")
+    metrics = check_run_folder(stage2, "linear", epochs=2)
+    out = capsys.readouterr().out
+    assert "linear test" in out and "tensorboard --logdir" in out
+
+    # the probed encoder (weights and BatchNorm statistics) is bit-identical to stage 1's
+    encoder1 = {k[len("encoder."):]: v for k, v in
+                torch.load(stage1 / "checkpoints" / "best.pt", weights_only=True)["model"].items() if k.startswith("encoder.")}
+    encoder2 = {k[len("encoder."):]: v for k, v in
+                torch.load(stage2 / "checkpoints" / "last.pt", weights_only=True)["model"].items() if k.startswith("encoder.")}
+    assert encoder1.keys() == encoder2.keys() and any("running_mean" in k for k in encoder1)
+    assert all(torch.equal(encoder1[k], encoder2[k]) for k in encoder1)
+    assert metrics["encoder_frozen"] is True
+
+
+@pytest.mark.parametrize("prototypes, loss", [("learned", "bcl"), ("none", "supcon")])
+def test_stage1_contrastive_modes(tmp_path, prototypes, loss):
+    run = supcon(tmp_path, f"{loss}-{prototypes}", "loss.mode=contrastive", f"loss.name={loss}",
+                 f"model.prototypes={prototypes}", "sampler.kind=class_aware")
+    metrics = check_run_folder(run, "supcon", epochs=2, classifier=False)
+    assert metrics["selection_metric"] == "knn_balanced_accuracy"
+
+
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "focal"])
+def test_finetuned_baselines(tmp_path, loss):
+    run = linear(tmp_path, loss, "model.finetune=true", f"loss.name={loss}", "sampler.kind=class_aware")
+    metrics = check_run_folder(run, "linear", epochs=2)
+    assert metrics["encoder_frozen"] is False
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    first = json.loads((supcon(tmp_path, "a") / "metrics.json").read_text())
+    second = json.loads((supcon(tmp_path, "b") / "metrics.json").read_text())
+    assert first["test"] == second["test"] and first["val"] == second["val"]
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    overrides = [*TINY, "optim.epochs=3", f"run.output_dir={tmp_path}"]
+    script = str(ROOT / "train_supcon.py")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([sys.executable, script, *overrides, "run.name=whole"], check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+
+    # the second run is killed (SIGKILL, no clean-up) once its first epoch checkpoint exists
+    killed = subprocess.Popen([sys.executable, script, *overrides, "run.name=killed"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and killed.poll() is None:
+        assert time.monotonic() < deadline, "the run never finished its first epoch"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+
+    subprocess.run([sys.executable, script, "--resume", str(tmp_path / "killed")], check=True, env=env,
+                   capture_output=True, cwd=ROOT)
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert resumed["test"] == whole["test"] and resumed["val"] == whole["val"]
+    assert [r["train_loss"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")][-2:] == \
+           [r["train_loss"] for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl")][-2:]
+
+
+def test_stop_after_epochs_then_resume(tmp_path, capsys):
+    run = supcon(tmp_path, "sliced", "run.stop_after_epochs=1")
+    assert not (run / "metrics.json").exists()
+    assert "--resume" in capsys.readouterr().out
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run)]) == 0
+    assert (run / "metrics.json").exists()
+
+
+# --- bad input: clear errors, nothing lost --------------------------------------------------------
+
+
+def test_existing_run_folder_is_refused_and_kept(tmp_path, capsys):
+    run = supcon(tmp_path, "taken", "optim.epochs=1")
+    before = (run / "metrics.json").read_text()
+    supcon(tmp_path, "taken", "optim.epochs=1", expect=2)
+    err = capsys.readouterr().err
+    assert "taken" in err and "--resume" in err and "run.overwrite=true" in err
+    assert (run / "metrics.json").read_text() == before
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(tmp_path / "empty")]) == 2
+    assert "last.pt" in capsys.readouterr().err
+
+
+def test_stage2_refuses_a_checkpoint_that_is_not_stage1(tmp_path, capsys):
+    baseline = linear(tmp_path, "ce", "optim.epochs=1", "model.finetune=true")
+    linear(tmp_path, "probe", f"model.stage1_checkpoint={baseline / 'checkpoints' / 'last.pt'}", expect=2)
+    assert "is not a train_supcon.py (stage-1) checkpoint" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    linear(tmp_path, "probe2", f"model.stage1_checkpoint={garbage}", expect=2)
+    assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_stage2_refuses_a_stage1_encoder_trained_on_another_split(tmp_path, capsys):
+    stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
+    linear(tmp_path, "leaky", f"model.stage1_checkpoint={stage1 / 'checkpoints' / 'best.pt'}", "data.split_seed=1",
+           expect=2)
+    assert "different split" in capsys.readouterr().err
+
+
+def test_missing_dataset_path_fails_before_training(tmp_path, capsys):
+    linear(tmp_path, "nodata", "data.dataset=mvtec", f"data.root={tmp_path / 'nowhere'}", expect=2)
+    assert "nowhere" in capsys.readouterr().err
+    linear(tmp_path, "noroot", "data.dataset=mvtec", expect=2)
+    assert "data.root" in capsys.readouterr().err
+
+
+def test_a_class_without_training_images_is_an_error(tmp_path, capsys):
+    linear(tmp_path, "tiny", "data.synthetic_counts=[16,6,6,6,0]", expect=2)
+    assert "misplaced" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()  # a bad setting leaves no half-made run folder
+
+
+def test_imagenet_configs_fail_fast_without_cached_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+    start = time.monotonic()
+    argv = ["--config", str(ROOT / "configs" / "coursework_r18_32px_50ep.yaml"), "data.dataset=synthetic",
+            f"run.output_dir={tmp_path}"]
+    assert main(LinearConfig, run_linear, "stage 2", argv) == 2
+    err = capsys.readouterr().err
+    assert "ImageNet weights" in err and "resnet18-f37072fd.pth" in err
+    assert time.monotonic() - start < 30
