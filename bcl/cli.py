@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Type
 
 from bcl.config import ConfigError, config_to_yaml, load_config
+from bcl.data import ImageDecodeError, MVTecLayoutError
+from bcl.engine import NonFiniteLossError
 from bcl.metrics import format_results_table
 
 __all__ = ["main"]
@@ -42,7 +44,8 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
             return 0
         stem = args.config.stem if args.config else schema.__name__.lower()
         result = run_stage(cfg, config_stem=stem, resume=args.resume)
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, MVTecLayoutError, ImageDecodeError,
+            NonFiniteLossError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
     if result.metrics is None:

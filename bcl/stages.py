@@ -203,7 +203,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         for step, (images, targets) in enumerate(progress(loader, cfg.run, f"epoch {epoch + 1}/{cfg.optim.epochs}")):
             images, targets = images.to(device), targets.to(device)
             loss, terms = stage.loss_fn(model, images, targets, epoch, step)
-            check_finite({"total": loss, **terms}, epoch, step)
+            check_finite({**terms, "total": loss}, epoch, step)  # name the culprit term first
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

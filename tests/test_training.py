@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,3 +218,33 @@ def test_imagenet_configs_fail_fast_without_cached_weights(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "ImageNet weights" in err and "resnet18-f37072fd.pth" in err
     assert time.monotonic() - start < 30
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    argv = ["--config", str(ROOT / "configs" / "main_supcon.yaml"), "optim.epochs=7", "--print-config"]
+    assert main(SupConConfig, run_supcon, "stage 1", argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["epochs"] == 7 and printed["loss"]["name"] == "bcl"
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_term(tmp_path, capsys, monkeypatch):
+    calls = {"n": 0}
+    original = run_supcon.__globals__["BalancedSupCon"].forward
+
+    def poisoned(self, features, labels, prototypes=None):
+        calls["n"] += 1
+        loss = original(self, features, labels, prototypes)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(run_supcon.__globals__["BalancedSupCon"], "forward", poisoned)
+    supcon(tmp_path, "nan", expect=2)
+    assert re.search(r"non-finite loss at epoch \d+, step \d+: the 'contrastive' term is nan", capsys.readouterr().err)
+
+
+def test_stage1_checkpoint_whose_weights_do_not_fit_its_architecture(tmp_path, capsys):
+    stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
+    checkpoint = torch.load(stage1 / "checkpoints" / "best.pt", weights_only=True)
+    checkpoint["config"]["model"]["encoder"] = "resnet34"  # claims another architecture
+    torch.save(checkpoint, tmp_path / "mislabelled.pt")
+    linear(tmp_path, "probe", f"model.stage1_checkpoint={tmp_path / 'mislabelled.pt'}", expect=2)
+    assert "do not fit resnet34" in capsys.readouterr().err
