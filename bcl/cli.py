@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence, Type
 
 from bcl.config import ConfigError, config_to_yaml, load_config
 from bcl.data import ImageDecodeError, MVTecLayoutError
+from bcl.distributed import cleanup, is_main_process
 from bcl.engine import NonFiniteLossError
 from bcl.metrics import format_results_table
 
@@ -44,10 +45,15 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
             return 0
         stem = args.config.stem if args.config else schema.__name__.lower()
         result = run_stage(cfg, config_stem=stem, resume=args.resume)
+        main_process = is_main_process()  # asked before cleanup() forgets the process group
     except (ConfigError, FileNotFoundError, FileExistsError, MVTecLayoutError, ImageDecodeError,
             NonFiniteLossError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
+    finally:
+        cleanup()
+    if not main_process:
+        return 0
     if result.metrics is None:
         sys.stdout.write(f"Stopped after epoch {result.completed_epochs}; continue with --resume {result.run_dir}\n")
         return 0

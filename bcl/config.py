@@ -32,6 +32,7 @@ __all__ = [
     "SamplerConfig",
     "EvalConfig",
     "RunConfig",
+    "TrainConfig",
     "SupConConfig",
     "LinearConfig",
     "LinearModelConfig",
@@ -226,6 +227,28 @@ class EvalConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How steps run: mixed precision, memory format, multi-process options.
+
+    ``amp``: ``off``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler); losses are
+    computed in float32 inside either way. ``sync_batchnorm`` synchronises BatchNorm statistics across
+    processes under torchrun. ``dist_timeout_s`` bounds how long a process waits for a dead peer.
+    """
+
+    amp: str = "off"
+    channels_last: bool = False
+    sync_batchnorm: bool = False
+    dist_timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads a bare `off` as false; accept it rather than make users quote it.
+        if self.amp in ("False", "false", False):
+            self.amp = "off"
+        _choice("train.amp", self.amp, ("off", "bf16", "fp16"))
+        _positive("train.dist_timeout_s", self.dist_timeout_s)
+
+
+@dataclass
 class RunConfig:
     """Where results go and how the run behaves.
 
@@ -260,6 +283,7 @@ class SupConConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
@@ -307,6 +331,7 @@ class LinearConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

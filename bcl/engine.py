@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from bcl.config import ConfigError, DataConfig, EvalConfig, OptimConfig, RunConfig, SamplerConfig
@@ -136,16 +136,25 @@ def train_loader(
     seed: int,
     epoch: int,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A training loader whose order depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed_for_epoch(seed, epoch))
+    """A training loader whose order depends only on (seed, epoch) (and the rank's shard).
+
+    ``batch_size`` is per process. With several processes every rank takes a disjoint shard of one
+    shared order, and augmentations are seeded per rank so ranks do not augment alike.
+    """
+    generator = torch.Generator().manual_seed(seed_for_epoch(seed + 1_000_003 * rank, epoch))
     if sampler_cfg.kind == "class_aware":
-        sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed)
+        sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed, num_replicas=world_size, rank=rank)
+        sampler.set_epoch(epoch)
+    elif world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=generator)
     # A last batch of one image would break BatchNorm; dropping it costs < batch_size images an epoch.
-    batch_size = min(batch_size, len(dataset))
+    batch_size = min(batch_size, len(sampler))
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
         worker_init_fn=seed_worker, generator=generator, persistent_workers=False,

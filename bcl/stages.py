@@ -10,6 +10,7 @@ Both select the model on the validation part and evaluate the selected model onc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +48,17 @@ from bcl.engine import (
 )
 from bcl.losses import BalancedSupCon, FocalLoss, LogitAdjustedLoss, class_balanced_weights
 from bcl.models import Encoder, NormedLinear, build_encoder, build_model
+from bcl.distributed import (
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    check_batch_divisible,
+    check_same_config,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from bcl.runs import RunDir, atomic_write_text, read_jsonl, rng_state, set_rng_state
 from bcl.tensorboard import TensorBoardLogger, select_projector_indices
 
@@ -147,32 +159,67 @@ class _Stage:
     dataset: ImageClassificationDataset
     splits: DataSplits
     train_transform: Callable
-    loss_fn: Callable  # (model, images, targets, epoch, step) -> (loss, {term: value})
+    # (model, images, targets, epoch, step) -> (loss, {term: value}, loss to back-propagate)
+    loss_fn: Callable
     selection: str  # the validation metric that picks the best epoch
     classifier_metrics: bool
+    unused_parameters: bool = False  # DDP must expect parameters without gradients (an idle classifier)
 
 
 def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
+    """Opens the run folder; with several processes the main one creates it and the others follow."""
     if resume:
         path = Path(resume)
         return RunDir.open(path.parent, path.name, mode="resume")
+    if not is_main_process():
+        name, failure = broadcast_object(None)
+        if failure:
+            raise FileExistsError(f"rank 0 could not open the run folder: {failure}")
+        return RunDir(Path(cfg.run.output_dir) / name)
     name = cfg.run.name or f"{config_stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    mode = "overwrite" if cfg.run.overwrite else "new"
-    return RunDir.open(cfg.run.output_dir, name, mode=mode)
+    try:
+        run = RunDir.open(cfg.run.output_dir, name, mode="overwrite" if cfg.run.overwrite else "new")
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        broadcast_object((name, str(error)))  # the other ranks stop too instead of waiting for rank 0
+        raise
+    broadcast_object((name, None))
+    return run
+
+
+def _autocast(cfg: Any, device: torch.device):
+    if cfg.train.amp == "off":
+        return contextlib.nullcontext()
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); use train.amp=bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
 
 
 def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     cfg, model, dataset, splits = stage.cfg, stage.model, stage.dataset, stage.splits
+    rank, world_size, main = get_rank(), get_world_size(), is_main_process()
     device = resolve_device(cfg.run.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    check_batch_divisible(cfg.optim.batch_size)
+    local_batch = cfg.optim.batch_size // world_size
+    if world_size > 1 and cfg.train.sync_batchnorm:
+        model = stage.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     names = dataset.class_names
     train_set = dataset.subset(splits.train)
     train_set.transform = stage.train_transform
     train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(names)).tolist()
 
-    steps_per_epoch = len(train_loader(train_set, cfg.optim.batch_size, cfg.sampler, cfg.run.seed, 0))
+    def loader_for(epoch: int):
+        return train_loader(train_set, local_batch, cfg.sampler, cfg.run.seed, epoch, cfg.data.num_workers,
+                            rank=rank, world_size=world_size)
+
+    steps_per_epoch = len(loader_for(0))
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
     if resume:
         checkpoint = run.load_checkpoint("last.pt")
@@ -181,38 +228,65 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
         set_rng_state(checkpoint["rng"])
-        _drop_log_records_after(run, start_epoch)
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != world_size:
+            logger.warning("resuming a run saved by %d process(es) with %d: training continues, but the data "
+                           "shards differ, so it will not repeat the original run exactly", saved_world, world_size)
+        if main:
+            _drop_log_records_after(run, start_epoch)
         logger.info("resuming %s from epoch %d", run.path, start_epoch)
-    else:
+    elif main:
         run.save_config(config_to_yaml(cfg))
         run.write_environment()
+    check_same_config(config_to_yaml(cfg))
 
+    # DistributedDataParallel averages gradients; the gathered contrastive loss already carries the
+    # global batch's gradient to every rank's features, so its share is scaled back up (see loss_fn).
+    trained = model
+    if world_size > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=stage.unused_parameters,
+        )
     config_dict = config_to_dict(cfg)
-    board = TensorBoardLogger(run.tensorboard_dir, enabled=cfg.run.tensorboard)
+    board = TensorBoardLogger(run.tensorboard_dir, enabled=cfg.run.tensorboard and main)
     started = time.perf_counter()
     stop_at = cfg.optim.epochs
     if cfg.run.stop_after_epochs is not None:
         stop_at = min(stop_at, start_epoch + cfg.run.stop_after_epochs)
-    epoch = start_epoch
     for epoch in range(start_epoch, stop_at):
-        model.train()
-        loader = train_loader(train_set, cfg.optim.batch_size, cfg.sampler, cfg.run.seed, epoch, cfg.data.num_workers)
-        sums: Dict[str, float] = {}
+        trained.train()
+        loader = loader_for(epoch)
+        sums: Dict[str, torch.Tensor] = {}
         for step, (images, targets) in enumerate(progress(loader, cfg.run, f"epoch {epoch + 1}/{cfg.optim.epochs}")):
             images, targets = images.to(device), targets.to(device)
-            loss, terms = stage.loss_fn(model, images, targets, epoch, step)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+            with _autocast(cfg, device):
+                loss, terms, backward_loss = stage.loss_fn(trained, images, targets, epoch, step)
             check_finite({**terms, "total": loss}, epoch, step)  # name the culprit term first
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(backward_loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                backward_loss.backward()
+                optimizer.step()
             scheduler.step()
             for key, value in {"loss": loss, **terms}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+        # Epoch means over every process's steps (the gathered term is already global on each rank).
         record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{k}": v / max(len(loader), 1) for k, v in sums.items()})
-        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
+        for key, total in sums.items():
+            record[f"train_{key}"] = float(all_reduce_sum(total.clone()).item()) / (max(len(loader), 1) * world_size)
+        if main and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs):
+            # The main process evaluates on the whole validation part with the unwrapped model, so
+            # metrics cover every image rather than one rank's shard.
             val = _evaluate_split(stage, model, splits.val, train_counts, device)
             record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float)) or v is None})
             value = val.get(stage.selection)
@@ -220,26 +294,33 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
                 best = {"epoch": epoch + 1, "value": float(value), "metric": stage.selection}
                 run.save_checkpoint({"stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
                                      "config": config_dict}, "best.pt")
-        run.append_log(record)
-        board.scalars({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-        run.save_checkpoint({
-            "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "best": best, "config": config_dict, "rng": rng_state(),
-        }, "last.pt")
-        logger.info("epoch %d/%d: %s", epoch + 1, cfg.optim.epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
-    completed = stop_at if stop_at > start_epoch else start_epoch
-    if completed < cfg.optim.epochs:
+        if main:
+            run.append_log(record)
+            board.scalars({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            run.save_checkpoint({
+                "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "best": best, "config": config_dict, "rng": rng_state(), "world_size": world_size,
+            }, "last.pt")
+            logger.info("epoch %d/%d: %s", epoch + 1, cfg.optim.epochs,
+                        ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+        barrier()  # every rank sees the epoch's checkpoint before the next epoch starts
+    completed = max(stop_at, start_epoch)
+    if completed < cfg.optim.epochs or not main:
         board.close()
-        logger.info("stopped after epoch %d of %d (run.stop_after_epochs); continue with --resume %s",
-                    completed, cfg.optim.epochs, run.path)
+        if completed < cfg.optim.epochs and main:
+            logger.info("stopped after epoch %d of %d (run.stop_after_epochs); continue with --resume %s",
+                        completed, cfg.optim.epochs, run.path)
+        barrier()
         return StageResult(run.path, None, completed)
 
     metrics = _finish(stage, run, board, train_counts, best, device)
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    metrics["world_size"] = world_size
     run.write_metrics(metrics)
     board.close()
+    barrier()
     return StageResult(run.path, metrics, completed)
 
 
@@ -317,6 +398,7 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
+    init_distributed(cfg.train.dist_timeout_s)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(SupConConfig, run.load_checkpoint("last.pt")["config"])
@@ -333,7 +415,10 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
         cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
         crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment,
     )
-    contrastive = BalancedSupCon(temperature=cfg.loss.temperature, class_averaging=cfg.loss.name == "bcl")
+    world_size = get_world_size()
+    contrastive = BalancedSupCon(
+        temperature=cfg.loss.temperature, class_averaging=cfg.loss.name == "bcl", gather=world_size > 1
+    )
     train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names))
     logit_adjusted = LogitAdjustedLoss(train_counts.tolist(), tau=cfg.loss.la_tau)
 
@@ -341,14 +426,19 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
         out = model(images)  # all views through the encoder at once: [B, V, ...]
         first_contrastive = 1 if joint else 0
         terms = {"contrastive": contrastive(out["projections"][:, first_contrastive:], targets, out["prototypes"])}
+        # The gathered loss gives each rank the global batch's feature gradients; DDP then averages
+        # over ranks, so the term is scaled by the world size to keep the gradient of the global loss.
+        contrastive_backward = terms["contrastive"] * world_size
         if not joint:
-            return terms["contrastive"], terms
+            return terms["contrastive"], terms, contrastive_backward
         terms["ce"] = logit_adjusted.to(images.device)(out["logits"][:, 0], targets)
-        return cfg.loss.alpha * terms["ce"] + cfg.loss.beta * terms["contrastive"], terms
+        objective = cfg.loss.alpha * terms["ce"] + cfg.loss.beta * terms["contrastive"]
+        return objective, terms, cfg.loss.alpha * terms["ce"] + cfg.loss.beta * contrastive_backward
 
     stage = _Stage(
         STAGE1, cfg, model, dataset, splits, views, loss_fn,
         selection="balanced_accuracy" if joint else "knn_balanced_accuracy", classifier_metrics=joint,
+        unused_parameters=not joint,
     )
     # The run folder is made only once data and model exist, so a bad setting leaves nothing behind.
     return _train(stage, run or _open_run(cfg, config_stem, None), resume=bool(resume))
@@ -376,6 +466,7 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
+    init_distributed(cfg.train.dist_timeout_s)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(LinearConfig, run.load_checkpoint("last.pt")["config"])
@@ -396,7 +487,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
 
     def loss_fn(model, images, targets, epoch, step):
         loss = criterion.to(images.device)(model(images)["logits"], targets)
-        return loss, {cfg.loss.name: loss}
+        return loss, {cfg.loss.name: loss}, loss
 
     view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment)
     stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True)

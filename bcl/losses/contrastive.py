@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bcl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, get_rank, get_world_size
+
 __all__ = ["balanced_supcon_loss", "supcon_loss", "BalancedSupCon", "SupConLoss"]
 
 _FEATURE_FORMS = "[B, V, D] (B images, V views each) or [N, D] (one view)"
@@ -64,6 +66,7 @@ def balanced_supcon_loss(
     class_averaging: bool = True,
     normalize: bool = True,
     check_finite: bool = True,
+    gather: bool = False,
 ) -> Tensor:
     """Balanced supervised contrastive loss (BCL, Zhu et al. CVPR 2022), DESIGN §2.
 
@@ -82,6 +85,13 @@ def balanced_supcon_loss(
             False gives plain SupCon.
         normalize: L2-normalise features and prototypes first. Turn off only if they already are.
         check_finite: raise if features or prototypes hold NaN/Inf (costs one device sync).
+        gather: in multi-process training, contrast this process's anchors with the view embeddings
+            of every process (gathered with gradients) plus the prototypes (identical on every rank,
+            appended once); class counts come from the global batch. The returned value is the loss
+            of the concatenated global batch on every process, and the gradient with respect to this
+            process's features equals that of the global loss (prototype gradients are this process's
+            share: they sum over processes to the global one). Under DistributedDataParallel, which
+            averages gradients, back-propagate ``world_size * loss``. No effect in a single process.
 
     Returns:
         Scalar loss: the mean of ``L_i`` over anchors with at least one positive; 0 (still attached
@@ -105,50 +115,58 @@ def balanced_supcon_loss(
         raise ValueError("features contain NaN or Inf values; the contrastive loss would be NaN")
     if int(anchor_labels.min()) < 0:
         raise ValueError(f"labels must be non-negative class indices, got minimum {int(anchor_labels.min())}")
-
     if prototypes is not None:
         if not isinstance(prototypes, Tensor) or prototypes.dim() != 2 or prototypes.shape[1] != dim:
             shape = list(prototypes.shape) if isinstance(prototypes, Tensor) else type(prototypes).__name__
             raise ValueError(f"prototypes must have shape [C, D] with D = {dim} (the feature dimension); got {shape}")
-        num_classes = prototypes.shape[0]
-        if int(anchor_labels.max()) >= num_classes:
+        if int(anchor_labels.max()) >= prototypes.shape[0]:
             raise ValueError(
-                f"labels must lie in [0, {num_classes}) to match prototypes of shape {list(prototypes.shape)}; "
-                f"got a label {int(anchor_labels.max())}"
+                f"labels must lie in [0, {prototypes.shape[0]}) to match prototypes of shape "
+                f"{list(prototypes.shape)}; got a label {int(anchor_labels.max())}"
             )
         if check_finite and not bool(torch.isfinite(prototypes).all()):
             raise ValueError("prototypes contain NaN or Inf values; the contrastive loss would be NaN")
-        prototypes = prototypes.to(anchors.device)
-        contrast_labels = torch.cat([anchor_labels, torch.arange(num_classes, device=anchors.device)])
-    else:
-        # Compact arbitrary label values (e.g. instance ids) to 0..K-1 so bincount stays O(N).
-        anchor_labels = torch.unique(anchor_labels, return_inverse=True)[1]
-        num_classes = int(anchor_labels.max()) + 1
-        contrast_labels = anchor_labels
 
     compute_dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         anchors = anchors.to(compute_dtype)
-        contrast = anchors if prototypes is None else torch.cat([anchors, prototypes.to(compute_dtype)])
+        # The contrast set's view embeddings: this process's, or every process's in rank order (gathered
+        # with gradients, so each process's loss share also reaches the rows other processes own).
+        distributed = gather and get_world_size() > 1
+        views = all_gather_with_grad(anchors) if distributed else anchors
+        view_labels = all_gather_no_grad(anchor_labels) if distributed else anchor_labels
+        first_anchor = get_rank() * num_anchors if distributed else 0
+        if prototypes is None:
+            # Compact arbitrary label values (e.g. instance ids) to 0..K-1 so bincount stays O(N).
+            view_labels = torch.unique(view_labels, return_inverse=True)[1]
+            num_classes = int(view_labels.max()) + 1
+            contrast, contrast_labels = views, view_labels
+        else:
+            num_classes = prototypes.shape[0]
+            contrast = torch.cat([views, prototypes.to(device=anchors.device, dtype=compute_dtype)])
+            contrast_labels = torch.cat([view_labels, torch.arange(num_classes, device=anchors.device)])
+        anchor_labels = view_labels[first_anchor : first_anchor + num_anchors]
         if normalize:
             anchors = F.normalize(anchors, dim=1)
             contrast = F.normalize(contrast, dim=1)
         # Scaling the [V·B, D] anchors instead of the similarity matrix saves a pass over the matrix.
         scaled_anchors = anchors / temperature
-        logits = scaled_anchors @ contrast.T  # s(i, a): [V·B, V·B + C], the only matrix-sized product
+        logits = scaled_anchors @ contrast.T  # s(i, a): [V·B, V·B_global + C], the only matrix-sized product
 
         # |A_k|: members of class k in the contrast set; an anchor's own class loses the anchor itself.
         class_sizes = torch.bincount(contrast_labels, minlength=num_classes)
         own_class_size = class_sizes[anchor_labels] - 1  # |A_y(i)| = |P(i)|
         has_positive = own_class_size > 0
+        # The mean runs over every anchor with a positive in the (global) batch, on whichever process.
+        anchors_with_positives = (class_sizes[view_labels] > 1).sum().clamp_min(1)
 
-        # The anchor is no member of its own contrast set: -inf on the anchor block's diagonal makes
-        # exp() drop it from every sum without a [V·B, M] boolean "self" mask.
-        diagonal = torch.arange(num_anchors, device=logits.device)
+        # The anchor is no member of its own contrast set: -inf at its own column makes exp() drop it
+        # from every sum without a [V·B, M] boolean "self" mask.
+        rows = torch.arange(num_anchors, device=logits.device)
         minus_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
         # In place throughout: the matrix product's backward needs only its inputs, and exp_ saves its
         # own output, so no second matrix-sized buffer is kept alive.
-        logits.index_put_((diagonal, diagonal), minus_inf)
+        logits.index_put_((rows, rows + first_anchor), minus_inf)
         # Shifting by the row max over the entries D(i) sums makes the largest term exp(0) = 1, so
         # log D(i) cannot underflow to -inf even at tiny temperatures.
         row_max = logits.detach().amax(dim=1)
@@ -177,7 +195,13 @@ def balanced_supcon_loss(
         mean_positive_logit = positive_sum / own_class_size.clamp_min(1) - row_max
         per_anchor = torch.log(denominator) - mean_positive_logit
         per_anchor = torch.where(has_positive, per_anchor, torch.zeros_like(per_anchor))
-        return per_anchor.sum() / has_positive.sum().clamp_min(1)
+        share = per_anchor.sum() / anchors_with_positives
+        if not distributed:
+            return share
+        # Every process reports the global loss; the gradient is that of its own share, and the
+        # gather's backward adds the other processes' shares for the rows this process owns.
+        total = all_reduce_sum(share.detach().clone())
+        return share + (total - share.detach())
 
 
 def supcon_loss(
@@ -186,6 +210,7 @@ def supcon_loss(
     temperature: float = 0.1,
     normalize: bool = True,
     check_finite: bool = True,
+    gather: bool = False,
 ) -> Tensor:
     """Supervised contrastive loss, SupCon ``L_out`` (Khosla et al. 2020); SimCLR without labels.
 
@@ -200,6 +225,7 @@ def supcon_loss(
         temperature: τ > 0.
         normalize: L2-normalise features first.
         check_finite: raise if features hold NaN/Inf.
+        gather: contrast with every process's features (see :func:`balanced_supcon_loss`).
 
     Returns:
         Scalar loss.
@@ -213,9 +239,12 @@ def supcon_loss(
     if labels is None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a torch.Tensor of shape {_FEATURE_FORMS}")
-        labels = torch.arange(features.shape[0], device=features.device)
+        # Instance ids must stay distinct across processes when the batch is gathered.
+        offset = get_rank() * features.shape[0] if gather else 0
+        labels = torch.arange(offset, offset + features.shape[0], device=features.device)
     return balanced_supcon_loss(
-        features, labels, None, temperature, class_averaging=False, normalize=normalize, check_finite=check_finite
+        features, labels, None, temperature, class_averaging=False, normalize=normalize,
+        check_finite=check_finite, gather=gather,
     )
 
 
@@ -227,6 +256,8 @@ class BalancedSupCon(nn.Module):
         class_averaging: the BCL class-averaged denominator; False gives SupCon.
         normalize: L2-normalise features and prototypes inside the loss.
         check_finite: raise on NaN/Inf inputs instead of returning a NaN loss.
+        gather: in multi-process training, contrast with every process's features (the loss and
+            feature gradients of the global batch; see :func:`balanced_supcon_loss`).
 
     Shapes:
         features ``[B, V, D]`` or ``[N, D]``; labels ``[B]``; prototypes ``[C, D]`` or None;
@@ -249,20 +280,24 @@ class BalancedSupCon(nn.Module):
         class_averaging: bool = True,
         normalize: bool = True,
         check_finite: bool = True,
+        gather: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
         self.class_averaging = bool(class_averaging)
         self.normalize = bool(normalize)
         self.check_finite = bool(check_finite)
+        self.gather = bool(gather)
 
     def forward(self, features: Tensor, labels: Tensor, prototypes: Optional[Tensor] = None) -> Tensor:
         return balanced_supcon_loss(
-            features, labels, prototypes, self.temperature, self.class_averaging, self.normalize, self.check_finite
+            features, labels, prototypes, self.temperature, self.class_averaging, self.normalize,
+            self.check_finite, self.gather,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, class_averaging={self.class_averaging}, normalize={self.normalize}"
+        return (f"temperature={self.temperature}, class_averaging={self.class_averaging}, "
+                f"normalize={self.normalize}, gather={self.gather}")
 
 
 class SupConLoss(nn.Module):
@@ -272,6 +307,7 @@ class SupConLoss(nn.Module):
         temperature: τ > 0.
         normalize: L2-normalise features inside the loss.
         check_finite: raise on NaN/Inf inputs.
+        gather: in multi-process training, contrast with every process's features.
 
     Shapes:
         features ``[B, V, D]`` or ``[N, D]``; labels ``[B]`` or None; output a scalar.
@@ -282,14 +318,17 @@ class SupConLoss(nn.Module):
         0
     """
 
-    def __init__(self, temperature: float = 0.1, normalize: bool = True, check_finite: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.1, normalize: bool = True, check_finite: bool = True, gather: bool = False
+    ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
         self.normalize = bool(normalize)
         self.check_finite = bool(check_finite)
+        self.gather = bool(gather)
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return supcon_loss(features, labels, self.temperature, self.normalize, self.check_finite)
+        return supcon_loss(features, labels, self.temperature, self.normalize, self.check_finite, self.gather)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, normalize={self.normalize}"
+        return f"temperature={self.temperature}, normalize={self.normalize}, gather={self.gather}"
