@@ -186,11 +186,18 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
     return run
 
 
+def _check_device_settings(cfg: Any) -> None:
+    """GPU-only settings fail before anything is built or written."""
+    device = resolve_device(cfg.run.device)
+    if cfg.train.sync_batchnorm and device.type != "cuda":
+        raise ConfigError("train.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm works only on GPU modules")
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); use train.amp=bf16 on CPU")
+
+
 def _autocast(cfg: Any, device: torch.device):
     if cfg.train.amp == "off":
         return contextlib.nullcontext()
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); use train.amp=bf16 on CPU")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
 
 
@@ -399,9 +406,11 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     init_distributed(cfg.train.dist_timeout_s)
+    _check_device_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(SupConConfig, run.load_checkpoint("last.pt")["config"])
+        _check_device_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     dataset = build_dataset(cfg.data)
     splits = make_splits(dataset, cfg.data)
@@ -467,9 +476,11 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
     init_distributed(cfg.train.dist_timeout_s)
+    _check_device_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(LinearConfig, run.load_checkpoint("last.pt")["config"])
+        _check_device_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     if cfg.model.stage1_checkpoint:
         encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)

@@ -179,7 +179,10 @@ def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
     assert json.loads((tmp_path / "n2" / "metrics.json").read_text())["world_size"] == 1
 
 
-@pytest.mark.parametrize("script, extra", [("train_supcon.py", ["model.proj_dim=16"]), ("train_linear.py", ["model.finetune=true"])])
+@pytest.mark.parametrize("script, extra", [
+    ("train_supcon.py", ["model.proj_dim=16"]),
+    ("train_linear.py", ["model.finetune=true", "train.channels_last=true"]),
+])
 def test_bf16_autocast_on_cpu_trains_with_finite_losses(tmp_path, script, extra):
     result = subprocess.run([sys.executable, str(ROOT / script), *TINY, *extra, "train.amp=bf16",
                              f"run.output_dir={tmp_path}", "run.name=bf16"], capture_output=True, text=True, cwd=ROOT,
@@ -187,3 +190,14 @@ def test_bf16_autocast_on_cpu_trains_with_finite_losses(tmp_path, script, extra)
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(record["train_loss"])) for record in log)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.sync_batchnorm=true", "SyncBatchNorm works only on GPU"),
+    ("train.amp=fp16", "train.amp=fp16 needs a CUDA device"),
+])
+def test_gpu_only_settings_fail_clearly_on_cpu(tmp_path, setting, message):
+    result = subprocess.run([sys.executable, str(ROOT / "train_linear.py"), *TINY, setting, "run.device=cpu",
+                             f"run.output_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 2 and message in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made
