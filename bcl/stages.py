@@ -186,8 +186,13 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
     return run
 
 
-def _check_device_settings(cfg: Any) -> None:
-    """GPU-only settings fail before anything is built or written."""
+def _check_launch_settings(cfg: Any) -> None:
+    """Settings that cannot work on this launch (GPU-only options, an indivisible batch) fail before
+    anything is built or written."""
+    try:
+        check_batch_divisible(cfg.optim.batch_size)
+    except ValueError as error:
+        raise ConfigError(f"optim.batch_size: {error}") from None
     device = resolve_device(cfg.run.device)
     if cfg.train.sync_batchnorm and device.type != "cuda":
         raise ConfigError("train.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm works only on GPU modules")
@@ -207,7 +212,6 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     device = resolve_device(cfg.run.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", torch.cuda.current_device())
-    check_batch_divisible(cfg.optim.batch_size)
     local_batch = cfg.optim.batch_size // world_size
     if world_size > 1 and cfg.train.sync_batchnorm:
         model = stage.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -406,11 +410,11 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     init_distributed(cfg.train.dist_timeout_s)
-    _check_device_settings(cfg)
+    _check_launch_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(SupConConfig, run.load_checkpoint("last.pt")["config"])
-        _check_device_settings(cfg)
+        _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     dataset = build_dataset(cfg.data)
     splits = make_splits(dataset, cfg.data)
@@ -476,11 +480,11 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
     init_distributed(cfg.train.dist_timeout_s)
-    _check_device_settings(cfg)
+    _check_launch_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
         cfg = config_from_dict(LinearConfig, run.load_checkpoint("last.pt")["config"])
-        _check_device_settings(cfg)
+        _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     if cfg.model.stage1_checkpoint:
         encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)

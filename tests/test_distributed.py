@@ -165,6 +165,7 @@ def test_torchrun_refuses_a_batch_the_world_size_does_not_divide(tmp_path):
     result = torchrun("train_supcon.py", *TINY, "optim.batch_size=7", "model.proj_dim=16", f"run.output_dir={tmp_path}")
     assert result.returncode != 0
     assert "7" in result.stderr and "world size" in result.stderr.lower()
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(tmp_path):
