@@ -186,6 +186,22 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
     return run
 
 
+def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> tuple:
+    """Joins the process group and checks the launch; a resumed run takes its saved config.
+
+    Returns ``(cfg, run)``: ``run`` is None for a new run, whose folder is made only once data and
+    model exist, so a bad setting leaves nothing behind.
+    """
+    init_distributed(cfg.train.dist_timeout_s)
+    _check_launch_settings(cfg)
+    run = _open_run(cfg, config_stem, resume) if resume else None
+    if run is not None:
+        cfg = config_from_dict(schema, run.load_checkpoint("last.pt")["config"])
+        _check_launch_settings(cfg)
+    torch.manual_seed(cfg.run.seed)
+    return cfg, run
+
+
 def _check_launch_settings(cfg: Any) -> None:
     """Settings that cannot work on this launch (GPU-only options, an indivisible batch) fail before
     anything is built or written."""
@@ -409,13 +425,7 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
-    init_distributed(cfg.train.dist_timeout_s)
-    _check_launch_settings(cfg)
-    run = _open_run(cfg, config_stem, resume) if resume else None
-    if run is not None:
-        cfg = config_from_dict(SupConConfig, run.load_checkpoint("last.pt")["config"])
-        _check_launch_settings(cfg)
-    torch.manual_seed(cfg.run.seed)
+    cfg, run = _start(SupConConfig, cfg, config_stem, resume)
     dataset = build_dataset(cfg.data)
     splits = make_splits(dataset, cfg.data)
     model = build_model(
@@ -453,7 +463,6 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
         selection="balanced_accuracy" if joint else "knn_balanced_accuracy", classifier_metrics=joint,
         unused_parameters=not joint,
     )
-    # The run folder is made only once data and model exist, so a bad setting leaves nothing behind.
     return _train(stage, run or _open_run(cfg, config_stem, None), resume=bool(resume))
 
 
@@ -479,13 +488,7 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
-    init_distributed(cfg.train.dist_timeout_s)
-    _check_launch_settings(cfg)
-    run = _open_run(cfg, config_stem, resume) if resume else None
-    if run is not None:
-        cfg = config_from_dict(LinearConfig, run.load_checkpoint("last.pt")["config"])
-        _check_launch_settings(cfg)
-    torch.manual_seed(cfg.run.seed)
+    cfg, run = _start(LinearConfig, cfg, config_stem, resume)
     if cfg.model.stage1_checkpoint:
         encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)
         _check_same_split(cfg, stage1_cfg, cfg.model.stage1_checkpoint)
