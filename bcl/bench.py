@@ -422,6 +422,22 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Dict[str, Any]], c
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def reproduce_command(argv: Sequence[str]) -> str:
+    """The command that reruns the suite and rewrites the report (without this sitting's extras)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--aggregate-only":
+            continue
+        elif token == "--reading":
+            skip = True
+        else:
+            kept.append(token)
+    prefix = [] if "--root" in kept else ["BCL_MVTEC_ROOT=/path/to/mvtec_ad/transistor"]
+    return " ".join([*prefix, "python -m bcl.bench", *kept])
+
+
 def machine_description() -> str:
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
@@ -491,7 +507,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.report:
         reading = args.reading.read_text() if args.reading else ""
         write_report(args.report, suite, summary, cells, figures + ([tsne] if tsne else []), machine_description(),
-                     " ".join(["python -m bcl.bench", *(argv if argv is not None else sys.argv[1:])]), reading)
+                     reproduce_command(argv if argv is not None else sys.argv[1:]), reading)
     sys.stdout.write("\n" + results_table(summary) + "\n")
     total = sum(c["wall_time_s"] for c in cells)
     sys.stdout.write(f"\n{len(cells)} cells, {total / 60:.1f} min of training in all "
