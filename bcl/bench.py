@@ -221,9 +221,11 @@ def aggregate(cells: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
             continue
         tests = [c["test"] for c in mine]
         entry: Dict[str, Any] = {m: _mean_std([t.get(m) for t in tests]) for m in REPORTED_METRICS}
-        classes = list(tests[0]["per_class_recall"])
+        # A contrastive-only stage has no classifier: kNN metrics but no recall or confusion matrix.
+        classes = list(tests[0].get("per_class_recall", {}))
         entry["per_class_recall"] = {k: _mean_std([t["per_class_recall"].get(k) for t in tests]) for k in classes}
-        entry["confusion_matrix"] = np.sum([t["confusion_matrix"] for t in tests], axis=0).tolist()
+        if "confusion_matrix" in tests[0]:
+            entry["confusion_matrix"] = np.sum([t["confusion_matrix"] for t in tests], axis=0).tolist()
         entry["wall_time_s"] = _mean_std([c["wall_time_s"] for c in mine])
         entry["cells"] = sorted((c["fold"], c["seed"]) for c in mine)
         summary[name] = entry
@@ -235,7 +237,7 @@ def _pct(stat: Dict[str, Any]) -> str:
 
 
 def results_table(summary: Dict[str, Dict[str, Any]]) -> str:
-    first = next(iter(summary.values()))
+    first = next(entry for name, entry in summary.items() if METHODS[name].reported)
     defects = [k for k in first["per_class_recall"] if k != "good"]
     header = (["method", "balanced acc.", "macro-F1"] + [f"recall {d}" for d in defects]
               + ["AUROC good/defect", "kNN bal. acc.", "kNN AUROC", "minutes per cell", "cells"])
@@ -259,7 +261,7 @@ def write_results(out: Path, summary: Dict[str, Dict[str, Any]], cells: Sequence
     for cell in cells:
         row = {"method": cell["method"], "fold": cell["fold"], "seed": cell["seed"], "wall_time_s": cell["wall_time_s"]}
         row.update({m: cell["test"].get(m) for m in REPORTED_METRICS})
-        row.update({f"recall_{k}": v for k, v in cell["test"]["per_class_recall"].items()})
+        row.update({f"recall_{k}": v for k, v in cell["test"].get("per_class_recall", {}).items()})
         rows.append(row)
     if rows:
         with open(out / "results_cells.csv", "w", newline="") as handle:
@@ -290,8 +292,8 @@ def write_figures(summary: Dict[str, Dict[str, Any]], class_names: Sequence[str]
         axes.bar(np.arange(len(class_names)) + i * width, means, width, yerr=stds, capsize=2, label=METHODS[name].label)
     axes.set_xticks(np.arange(len(class_names)) + width * (len(reported) - 1) / 2, class_names)
     axes.set_ylabel("test recall, % (mean ± std over cells)")
-    axes.set_ylim(0, 105)
-    axes.legend(fontsize=7, ncol=2)
+    axes.set_ylim(0, 135)  # headroom for the legend above the bars
+    axes.legend(fontsize=7, ncol=4, loc="upper center")
     figure.tight_layout()
     path = folder / "results_per_class_recall.png"
     figure.savefig(path, dpi=110)
@@ -335,7 +337,7 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, fold
             chosen = labels == k
             axes.scatter(points[chosen, 0], points[chosen, 1], s=6 if k == 0 else 22, label=class_name,
                          alpha=0.5 if k == 0 else 0.9)
-        axes.set_title(f"{METHODS[name].label} (fold {fold}, seed {seed})", fontsize=9)
+        axes.set_title(f"{METHODS[name].label}: encoder of fold {fold}, seed {seed}; all images", fontsize=9)
         axes.set_xticks([])
         axes.set_yticks([])
         axes.legend(fontsize=7)
@@ -501,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     summary = aggregate(cells)
     write_results(out, summary, cells)
-    class_names = list(cells[0]["test"]["per_class_recall"])
+    class_names = next(list(c["test"]["per_class_recall"]) for c in cells if "per_class_recall" in c["test"])
     figures = write_figures(summary, class_names, args.figures or out)
     tsne = write_embedding_map(suite, [m for m in ("ce", "bcl") if m in summary], args.figures or out)
     if args.report:

@@ -28,7 +28,12 @@ def cell(method, fold, balanced, recall_good=1.0):
 
 
 def test_aggregation_is_over_each_method_s_own_cells():
-    summary = aggregate([cell("ce", 0, 0.5), cell("ce", 1, 0.7), cell("focal", 0, 0.2, recall_good=0.5)])
+    contrastive_only = cell("supcon", 0, None)
+    for key in ("per_class_recall", "confusion_matrix", "balanced_accuracy"):
+        del contrastive_only["test"][key]  # a stage without a classifier has kNN metrics only
+    summary = aggregate([cell("ce", 0, 0.5), cell("ce", 1, 0.7), cell("focal", 0, 0.2, recall_good=0.5),
+                         contrastive_only])
+    assert summary["supcon"]["balanced_accuracy"]["n"] == 0 and summary["supcon"]["knn_balanced_accuracy"]["n"] == 1
     assert summary["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
     assert summary["ce"]["balanced_accuracy"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert summary["ce"]["balanced_accuracy"]["n"] == 2 and summary["ce"]["cells"] == [(0, 0), (1, 0)]
