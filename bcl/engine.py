@@ -34,6 +34,7 @@ from bcl.data import (
     stratified_split,
     train_val_split_within,
 )
+from bcl.distributed import rank_seed
 from bcl.metrics import classification_metrics, knn_metrics
 from bcl.samplers import ClassAwareSampler
 
@@ -144,7 +145,7 @@ def train_loader(
     ``batch_size`` is per process. With several processes every rank takes a disjoint shard of one
     shared order, and augmentations are seeded per rank so ranks do not augment alike.
     """
-    generator = torch.Generator().manual_seed(seed_for_epoch(seed + 1_000_003 * rank, epoch))
+    generator = torch.Generator().manual_seed(seed_for_epoch(rank_seed(seed, rank), epoch))
     if sampler_cfg.kind == "class_aware":
         sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed, num_replicas=world_size, rank=rank)
         sampler.set_epoch(epoch)

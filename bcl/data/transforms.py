@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from bcl.distributed import rank_seed
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -227,4 +229,4 @@ def dataloader_generator(seed: int, rank: Optional[int] = 0) -> torch.Generator:
         >>> dataloader_generator(0).initial_seed()
         0
     """
-    return torch.Generator().manual_seed(int(seed) + 1_000_003 * int(rank or 0))
+    return torch.Generator().manual_seed(rank_seed(int(seed), int(rank or 0)))
