@@ -61,7 +61,7 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     stage1_metrics = Path(result.metrics.get("stage1_run", "")) / "metrics.json"
     if "stage1_run" in result.metrics and stage1_metrics.is_file():
         # Put the stage-1 model's own numbers on the same test part next to the probe's.
-        rows = {"supcon test (stage 1)": json.loads(stage1_metrics.read_text())["test"], **rows}
+        rows = {"stage 1 test (own classifier)": json.loads(stage1_metrics.read_text())["test"], **rows}
     sys.stdout.write("\n" + format_results_table(rows) + "\n")
     sys.stdout.write(f"\nRun folder: {result.run_dir}\nTensorBoard: tensorboard --logdir {result.run_dir.parent}\n")
     return 0
