@@ -374,9 +374,9 @@ def _finish(stage: _Stage, run: RunDir, board: TensorBoardLogger, train_counts: 
     if best["epoch"] is not None:
         model.load_state_dict(run.load_checkpoint("best.pt")["model"])
     image_size = cfg.data.image_size
-    reference = extract(model, dataset.subset(splits.train), image_size, device)
     outputs = {name: extract(model, dataset.subset(positions), image_size, device)
                for name, positions in splits.as_dict().items()}
+    reference = outputs["train"]  # the kNN memory is the training part's features, already extracted
     val = evaluate(outputs["val"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
     test = evaluate(outputs["test"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
     metrics: Dict[str, Any] = {
