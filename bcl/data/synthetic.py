@@ -283,8 +283,8 @@ def _apply_defect(part: _Part, class_name: str, rng: np.random.Generator) -> Tup
         which = int(rng.integers(3))
         lead = part.leads[which]
         length = _polyline_length(lead)[-1]
-        s = float(rng.uniform(0.2, 0.75)) * length
-        angle = math.radians(float(rng.uniform(20, 70))) * (1 if rng.random() < 0.5 else -1)
+        s = float(rng.uniform(0.15, 0.55)) * length
+        angle = math.radians(float(rng.uniform(40, 80))) * (1 if rng.random() < 0.5 else -1)
         pivot, _ = _point_at(lead, s)
         tail = _cut_polyline(lead, s, length) - pivot
         c, si = math.cos(angle), math.sin(angle)
@@ -295,16 +295,16 @@ def _apply_defect(part: _Part, class_name: str, rng: np.random.Generator) -> Tup
         which = int(rng.integers(3))
         lead = part.leads[which]
         length = _polyline_length(lead)[-1]
-        s = float(rng.uniform(0.3, 0.8)) * length
+        s = float(rng.uniform(0.2, 0.55)) * length
         if rng.random() < 0.5:
             part.leads[which] = _cut_polyline(lead, 0.0, s)
             return part, f"cut_lead/{names[which]}/short"
-        gap = float(rng.uniform(0.05, 0.09))
+        gap = float(rng.uniform(0.12, 0.2))
         part.leads[which] = _cut_polyline(lead, 0.0, s)
         part.leads.append(_cut_polyline(lead, min(s + gap, length - 0.02), length))
         return part, f"cut_lead/{names[which]}/gap"
     if class_name == "damaged_case":
-        part.chip_rgb = np.array([0.33, 0.29, 0.26]) * float(rng.uniform(0.75, 1.6))
+        part.chip_rgb = np.array([0.42, 0.37, 0.33]) * float(rng.uniform(1.0, 1.6))
         variant = rng.choice(["chip", "notch", "scratch"], p=[0.45, 0.3, 0.25])
         if variant == "scratch":
             (cx, cy), (hx, hy) = part.body_center, part.body_half
@@ -312,15 +312,15 @@ def _apply_defect(part: _Part, class_name: str, rng: np.random.Generator) -> Tup
             direction = rng.uniform(0, math.pi)
             for _ in range(int(rng.integers(2, 5))):
                 a = direction + rng.normal(0, 0.25)
-                half = rng.uniform(0.03, 0.08)
+                half = rng.uniform(0.06, 0.11)
                 mx, my = x + rng.normal(0, 0.02), y + rng.normal(0, 0.02)
                 hx_, hy_ = half * math.cos(a), half * math.sin(a)
                 part.scratches.append((mx - hx_, my - hy_, mx + hx_, my + hy_))
-            part.scratch_half_width = float(rng.uniform(0.004, 0.007))
+            part.scratch_half_width = float(rng.uniform(0.008, 0.012))
             part.scratch_rgb = part.chip_rgb
         elif variant == "chip":
-            radius = float(rng.uniform(0.03, 0.08))
-            stretch = float(rng.uniform(1.0, 2.2))
+            radius = float(rng.uniform(0.06, 0.1))
+            stretch = float(rng.uniform(1.0, 2.0))
             if rng.random() < 0.75:
                 x, y, nx, ny = _edge_point(rng, part)
                 inset = float(rng.uniform(0.0, 0.5)) * radius
@@ -333,7 +333,7 @@ def _apply_defect(part: _Part, class_name: str, rng: np.random.Generator) -> Tup
                 elongation = (stretch, 1.0) if rng.random() < 0.5 else (1.0, stretch)
             part.chips.append(_random_blob(rng, x, y, radius, elongation))
         else:
-            radius = float(rng.uniform(0.03, 0.07))
+            radius = float(rng.uniform(0.06, 0.09))
             stretch = float(rng.uniform(1.0, 1.8))
             x, y, nx, ny = _edge_point(rng, part)
             offset = float(rng.uniform(-0.3, 0.3)) * radius
