@@ -12,6 +12,7 @@ from bcl.data.longtail import (
     long_tail_subsample,
 )
 from bcl.data.mvtec import MVTEC_CATEGORIES, MVTecAD, MVTecLayoutError, make_tiny_mvtec
+from bcl.data.synthesis import PASTED, paste_defects
 from bcl.data.splits import Fold, stratified_kfold, stratified_split, train_val_split_within
 from bcl.data.synthetic import CLASS_NAMES as TRANSISTOR_CLASS_NAMES
 from bcl.data.synthetic import SyntheticTransistor
@@ -26,6 +27,8 @@ from bcl.data.transforms import (
 )
 
 __all__ = [
+    "PASTED",
+    "paste_defects",
     "ImageClassificationDataset",
     "Sample",
     "MVTecAD",
