@@ -14,6 +14,7 @@ from bcl.data import ImageDecodeError, MVTecLayoutError
 from bcl.distributed import cleanup, is_main_process
 from bcl.engine import NonFiniteLossError
 from bcl.metrics import format_results_table
+from bcl.tensorboard import tensorboard_hint
 
 __all__ = ["main"]
 
@@ -57,11 +58,13 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     if result.metrics is None:
         sys.stdout.write(f"Stopped after epoch {result.completed_epochs}; continue with --resume {result.run_dir}\n")
         return 0
-    rows = {f"{result.metrics['stage']} {split}": result.metrics[split] for split in ("val", "test")}
+    label = result.metrics.get("label") or result.metrics["stage"]
+    rows = {f"{label} {split}": result.metrics[split] for split in ("val", "test")
+            if result.metrics.get(split) is not None}
     stage1_metrics = Path(result.metrics.get("stage1_run", "")) / "metrics.json"
     if "stage1_run" in result.metrics and stage1_metrics.is_file():
         # Put the stage-1 model's own numbers on the same test part next to the probe's.
         rows = {"stage 1 test (own classifier)": json.loads(stage1_metrics.read_text())["test"], **rows}
     sys.stdout.write("\n" + format_results_table(rows) + "\n")
-    sys.stdout.write(f"\nRun folder: {result.run_dir}\nTensorBoard: tensorboard --logdir {result.run_dir.parent}\n")
+    sys.stdout.write(f"\nRun folder: {result.run_dir}\n{tensorboard_hint(result.run_dir.parent)}\n")
     return 0

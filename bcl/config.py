@@ -65,10 +65,16 @@ class DataConfig:
 
     ``dataset``: ``synthetic`` (the embedded transistor-like generator, no download) or ``mvtec``
     (``root`` = MVTec AD root with ``category``, or one category folder). Splits: stratified
-    ``kfold`` (test = fold ``fold`` of ``n_folds``) or ``holdout`` (``test_fraction``); a stratified
-    validation part (``val_fraction``) is carved from the training part for model selection, so the
-    test part is never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first
-    keeps the largest class-ratio subset of the data (seeded by ``split_seed``).
+    ``kfold`` (test = fold ``fold`` of ``n_folds``), ``holdout`` (``test_fraction``) or, for synthetic
+    data only, ``generated``: the whole generated set (``synthetic_counts``, ``synthetic_seed``) trains and
+    a second, separately generated set (``synthetic_test_counts``, balanced by default, from
+    ``synthetic_test_seed``, which must differ) is the test part, so one test image is not 10 points.
+    Only when ``eval.selection=val`` is a stratified validation part (``val_fraction``) carved from the
+    training part for model selection; the test part is never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first
+    keeps the largest class-ratio subset of the data (seeded by ``split_seed``). ``paste_per_class``
+    adds that many training images per defect class, made by pasting a training defect's masked pixels
+    onto a training good image at the same place (the images are aligned; seeded by ``run.seed``; test
+    images are never read), see :func:`bcl.data.paste_defects`.
     """
 
     dataset: str = "synthetic"
@@ -77,6 +83,8 @@ class DataConfig:
     image_size: int = 64
     synthetic_counts: List[int] = field(default_factory=lambda: [273, 10, 10, 10, 10])
     synthetic_seed: int = 0
+    synthetic_test_counts: List[int] = field(default_factory=lambda: [50, 50, 50, 50, 50])
+    synthetic_test_seed: int = 1
     cache_dir: Optional[str] = None
     subsample_ratios: Optional[List[int]] = None
     split: str = "kfold"
@@ -87,11 +95,22 @@ class DataConfig:
     split_seed: int = 0
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     randaugment: bool = False
+    paste_per_class: int = 0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         _choice("data.dataset", self.dataset, ("synthetic", "mvtec"))
-        _choice("data.split", self.split, ("kfold", "holdout"))
+        _choice("data.split", self.split, ("kfold", "holdout", "generated"))
+        if self.split == "generated":
+            if self.dataset != "synthetic":
+                raise ConfigError(f"data.split=generated needs data.dataset=synthetic, got {self.dataset!r}")
+            if self.subsample_ratios is not None:
+                raise ConfigError("data.subsample_ratios does not apply to data.split=generated: set data.synthetic_counts")
+            if self.synthetic_test_seed == self.synthetic_seed:
+                raise ConfigError(
+                    f"data.synthetic_test_seed must differ from data.synthetic_seed ({self.synthetic_seed}): "
+                    "the same seed would put the training images into the test part"
+                )
         if self.image_size < 16:
             raise ConfigError(f"data.image_size must be >= 16 pixels, got {self.image_size}")
         if self.split == "kfold" and not 0 <= self.fold < self.n_folds:
@@ -103,6 +122,7 @@ class DataConfig:
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _positive("data.paste_per_class", self.paste_per_class, allow_zero=True)
 
 
 @dataclass
@@ -211,8 +231,15 @@ class SamplerConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: kNN on embeddings (faiss, cosine) and the TensorBoard projector."""
+    """Evaluation: which epoch is evaluated, kNN on embeddings (faiss, cosine) and the TensorBoard projector.
 
+    ``selection``: ``last`` (a fixed budget: train on the whole training part and evaluate the last
+    epoch once; the protocol for small data, where a validation part of 1-2 images per class picks
+    noise) or ``val`` (carve ``data.val_fraction`` from the training part, evaluate it every
+    ``every`` epochs and test the epoch with the best validation score).
+    """
+
+    selection: str = "val"
     knn_k: int = 20
     knn_temperature: float = 0.07
     every: int = 1
@@ -220,6 +247,7 @@ class EvalConfig:
     thumbnail_size: int = 48
 
     def __post_init__(self) -> None:
+        _choice("eval.selection", self.selection, ("last", "val"))
         _positive("eval.knn_k", self.knn_k)
         _positive("eval.knn_temperature", self.knn_temperature)
         _positive("eval.every", self.every)

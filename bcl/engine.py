@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -29,6 +29,7 @@ from bcl.data import (
     class_counts,
     eval_transform,
     fixed_ratio_subsample,
+    paste_defects,
     seed_worker,
     stratified_kfold,
     stratified_split,
@@ -45,6 +46,7 @@ __all__ = [
     "seed_for_epoch",
     "build_dataset",
     "make_splits",
+    "add_pasted_defects",
     "train_loader",
     "eval_loader",
     "build_optimizer",
@@ -71,7 +73,9 @@ class DataSplits:
     test: np.ndarray
 
     def as_dict(self) -> Dict[str, np.ndarray]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+        """The non-empty parts by name (no ``val`` under ``eval.selection=last``)."""
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        return {name: positions for name, positions in parts.items() if len(positions)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +100,19 @@ def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
     """The labelled dataset, decoded once at ``cfg.image_size`` (no transform yet)."""
     if cfg.dataset == "synthetic":
         dataset = SyntheticTransistor(counts=list(cfg.synthetic_counts), image_size=cfg.image_size, seed=cfg.synthetic_seed)
+        if cfg.split == "generated":
+            try:
+                test = SyntheticTransistor(counts=list(cfg.synthetic_test_counts), image_size=cfg.image_size,
+                                           seed=cfg.synthetic_test_seed)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"data.synthetic_test_counts / data.synthetic_test_seed: {error}") from None
+            # One table: the training set first, then the test set, marked by the sample's source split.
+            test_samples = [replace(sample, path=f"{sample.path}?seed={cfg.synthetic_test_seed}", split=_GENERATED_TEST)
+                            for sample in test.samples]
+            masks = [*dataset.masks, *test.masks]
+            dataset = ImageClassificationDataset(dataset.class_names, [*dataset.samples, *test_samples],
+                                                 [*dataset.images, *test.images])
+            dataset.masks = masks
     elif not cfg.root:
         raise ConfigError(
             "data.dataset=mvtec needs data.root: the MVTec AD root (with data.category) or one category "
@@ -108,18 +125,35 @@ def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
     return dataset
 
 
-def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig) -> DataSplits:
-    """Stratified train / validation / test positions; every class must keep training images."""
+_GENERATED_TEST = "synthetic_test"  # Sample.split of the separately generated test images (data.split=generated)
+
+
+def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation: bool = True) -> DataSplits:
+    """Stratified train / validation / test positions; every class must keep training images.
+
+    Args:
+        dataset: From :func:`build_dataset` with the same ``cfg``.
+        cfg: The data settings.
+        validation: Whether to carve a validation part (``cfg.val_fraction``) from the training part;
+            without one (``eval.selection=last``) the whole training part trains and ``val`` is empty.
+    """
     try:
-        if cfg.split == "kfold":
+        if cfg.split == "generated":
+            source = np.array([sample.split for sample in dataset.samples])
+            train_pool, test = np.flatnonzero(source != _GENERATED_TEST), np.flatnonzero(source == _GENERATED_TEST)
+        elif cfg.split == "kfold":
             fold = stratified_kfold(dataset, n_splits=cfg.n_folds, seed=cfg.split_seed)[cfg.fold]
-            train, val = train_val_split_within(fold.train_idx, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-            splits = DataSplits(np.asarray(train), np.asarray(val), np.asarray(fold.test_idx))
+            train_pool, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
         else:
-            train, val, test = stratified_split(
-                dataset, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed
-            )
-            splits = DataSplits(np.asarray(train), np.asarray(val), np.asarray(test))
+            train_pool = None
+            train, val, test = stratified_split(dataset, val_fraction=cfg.val_fraction if validation else 0.0,
+                                                test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+        if train_pool is not None and validation:
+            train, val = train_val_split_within(train_pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        elif train_pool is not None:
+            train, val = train_pool, []
+        splits = DataSplits(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64),
+                            np.asarray(test, dtype=np.int64))
     except ValueError as error:  # the splitters name the class that is too small
         raise ConfigError(f"data.split={cfg.split} cannot split this dataset: {error}") from None
     labels = np.asarray(dataset.targets)
@@ -128,6 +162,28 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig) -> DataSpl
     if empty:
         raise ConfigError(f"the split leaves classes {empty} without training images; change data.* split settings")
     return splits
+
+
+def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig,
+                       seed: int) -> tuple:
+    """Appends ``cfg.paste_per_class`` mask-pasted images per defect class to the training part.
+
+    Only training images are read (see :func:`bcl.data.paste_defects`). Returns ``(dataset, splits)``,
+    unchanged when ``paste_per_class`` is 0.
+    """
+    if cfg.paste_per_class == 0:
+        return dataset, splits
+    try:
+        pasted = paste_defects(dataset, splits.train, cfg.paste_per_class, seed)
+    except ValueError as error:
+        raise ConfigError(f"data.paste_per_class={cfg.paste_per_class}: {error}") from None
+    combined = ImageClassificationDataset(dataset.class_names, [*dataset.samples, *pasted.samples],
+                                          [*dataset.images, *pasted.images], dataset.transform)
+    combined.masks = [*dataset.masks, *pasted.masks]
+    new = np.arange(len(dataset), len(combined), dtype=np.int64)
+    logger.info("pasted %d training defects onto training good images (%d per defect class)", len(new),
+                cfg.paste_per_class)
+    return combined, DataSplits(np.concatenate([splits.train, new]), splits.val, splits.test)
 
 
 def train_loader(

@@ -5,7 +5,8 @@ either jointly with a logit-adjusted classifier (the paper's recipe) or contrast
 (:func:`run_linear`) trains a classifier on an encoder from a stage-1 checkpoint, torchvision weights
 or scratch, frozen (linear probe) or fine-tuned (the cross-entropy baselines).
 
-Both select the model on the validation part and evaluate the selected model once on the test part.
+Both evaluate once on the test part at the end: the last epoch of a fixed budget (``eval.selection=last``,
+the small-data protocol) or the epoch chosen on a validation part (``eval.selection=val``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bcl.config import (
 from bcl.data import ImageClassificationDataset, bcl_train_transform, class_counts, classifier_view
 from bcl.engine import (
     DataSplits,
+    add_pasted_defects,
     build_dataset,
     build_optimizer,
     build_scheduler,
@@ -163,7 +165,10 @@ class _Stage:
     loss_fn: Callable
     selection: str  # the validation metric that picks the best epoch
     classifier_metrics: bool
+    label: str = ""  # what the console and the results table call it, e.g. "stage 1 (bcl)"
     unused_parameters: bool = False  # DDP must expect parameters without gradients (an idle classifier)
+    frozen_encoder: bool = False  # the training part's features never change: extract them once
+    reference: Optional[Dict[str, torch.Tensor]] = None  # those features, once extracted
 
 
 def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
@@ -285,7 +290,9 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     stop_at = cfg.optim.epochs
     if cfg.run.stop_after_epochs is not None:
         stop_at = min(stop_at, start_epoch + cfg.run.stop_after_epochs)
+    validating = cfg.eval.selection == "val"
     for epoch in range(start_epoch, stop_at):
+        epoch_started = time.perf_counter()
         trained.train()
         loader = loader_for(epoch)
         sums: Dict[str, torch.Tensor] = {}
@@ -311,7 +318,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         for key, total in sums.items():
             record[f"train_{key}"] = float(all_reduce_sum(total.clone()).item()) / (max(len(loader), 1) * world_size)
-        if main and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs):
+        if main and validating and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs):
             # The main process evaluates on the whole validation part with the unwrapped model, so
             # metrics cover every image rather than one rank's shard.
             val = _evaluate_split(stage, model, splits.val, train_counts, device)
@@ -323,15 +330,21 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
                                      "config": config_dict}, "best.pt")
         if main:
             run.append_log(record)
-            board.scalars({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            board.scalars(_scalar_groups(record, constant_lr=cfg.optim.schedule == "constant" and not cfg.optim.warmup_epochs),
+                          step=epoch + 1)
             run.save_checkpoint({
                 "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "best": best, "config": config_dict, "rng": rng_state(), "world_size": world_size,
             }, "last.pt")
-            logger.info("epoch %d/%d: %s", epoch + 1, cfg.optim.epochs,
-                        ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+            session_epochs = epoch + 1 - start_epoch
+            elapsed = time.perf_counter() - started
+            left = (stop_at - epoch - 1) * elapsed / session_epochs
+            shown = f"  val {stage.selection} {record['val_' + stage.selection]:.3f}" if f"val_{stage.selection}" in record else ""
+            logger.info("%s epoch %d/%d  loss %.4f%s  %.1f s/epoch  elapsed %s  ETA %s", stage.label, epoch + 1,
+                        cfg.optim.epochs, record.get("train_loss", float("nan")), shown,
+                        time.perf_counter() - epoch_started, _clock(elapsed), _clock(left))
         barrier()  # every rank sees the epoch's checkpoint before the next epoch starts
     completed = max(stop_at, start_epoch)
     if completed < cfg.optim.epochs or not main:
@@ -351,6 +364,23 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     return StageResult(run.path, metrics, completed)
 
 
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _scalar_groups(record: Dict[str, Any], constant_lr: bool) -> Dict[str, Dict[str, Any]]:
+    """An epoch record as TensorBoard groups: ``train/loss``, ``train/lr``, ``val/balanced_accuracy``..."""
+    groups: Dict[str, Dict[str, Any]] = {"train": {}, "val": {}}
+    for key, value in record.items():
+        part, _, name = key.partition("_")
+        if part in groups:
+            groups[part][name] = value
+    if not constant_lr:  # a constant is not a curve
+        groups["train"]["lr"] = record["lr"]
+    return groups
+
+
 def _drop_log_records_after(run: RunDir, epoch: int) -> None:
     """A run killed after logging an epoch but before checkpointing it redoes that epoch: drop its record."""
     if run.log_path.exists():
@@ -361,7 +391,11 @@ def _drop_log_records_after(run: RunDir, epoch: int) -> None:
 def _evaluate_split(stage: _Stage, model: nn.Module, positions: np.ndarray, train_counts: List[int],
                     device: torch.device) -> Dict[str, Any]:
     image_size = stage.cfg.data.image_size
-    reference = extract(model, stage.dataset.subset(stage.splits.train), image_size, device)
+    reference = stage.reference
+    if reference is None:
+        reference = extract(model, stage.dataset.subset(stage.splits.train), image_size, device)
+        if stage.frozen_encoder:
+            stage.reference = reference
     outputs = extract(model, stage.dataset.subset(positions), image_size, device)
     return evaluate(outputs, reference, stage.dataset.class_names, train_counts, stage.cfg.eval,
                     classifier=stage.classifier_metrics)
@@ -371,22 +405,25 @@ def _finish(stage: _Stage, run: RunDir, board: TensorBoardLogger, train_counts: 
             best: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     """Loads the epoch chosen on validation, evaluates it once on test, logs figures and the projector."""
     model, dataset, splits, cfg = stage.model, stage.dataset, stage.splits, stage.cfg
-    if best["epoch"] is not None:
+    if cfg.eval.selection == "val" and best["epoch"] is not None:
         model.load_state_dict(run.load_checkpoint("best.pt")["model"])
+    else:
+        best = {"epoch": cfg.optim.epochs, "value": None, "metric": "last epoch (eval.selection=last)"}
     image_size = cfg.data.image_size
     outputs = {name: extract(model, dataset.subset(positions), image_size, device)
                for name, positions in splits.as_dict().items()}
     reference = outputs["train"]  # the kNN memory is the training part's features, already extracted
-    val = evaluate(outputs["val"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
+    val = (evaluate(outputs["val"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
+           if "val" in outputs else None)
     test = evaluate(outputs["test"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
     metrics: Dict[str, Any] = {
-        "stage": stage.name, "selected_epoch": best["epoch"], "selection_metric": best["metric"],
+        "stage": stage.name, "label": stage.label, "selected_epoch": best["epoch"], "selection_metric": best["metric"],
         "class_names": dataset.class_names, "train_counts": train_counts,
         "split_sizes": {name: int(len(positions)) for name, positions in splits.as_dict().items()},
         "val": val, "test": test,
     }
     final_step = cfg.optim.epochs
-    board.scalars({f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}, step=final_step)
+    board.scalars({k: v for k, v in test.items() if isinstance(v, (int, float))}, step=final_step, prefix="test")
     if "confusion_matrix" in test:
         board.confusion_matrix(test["confusion_matrix"], dataset.class_names, step=final_step, tag="test/confusion_matrix")
     board.hparams(config_to_dict(cfg),
@@ -427,7 +464,8 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run = _start(SupConConfig, cfg, config_stem, resume)
     dataset = build_dataset(cfg.data)
-    splits = make_splits(dataset, cfg.data)
+    splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
+    dataset, splits = add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
     model = build_model(
         cfg.model.encoder, len(dataset.class_names), weights=cfg.model.weights,
         small_image_stem=cfg.model.small_image_stem, proj_dim=cfg.model.proj_dim,
@@ -461,7 +499,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     stage = _Stage(
         STAGE1, cfg, model, dataset, splits, views, loss_fn,
         selection="balanced_accuracy" if joint else "knn_balanced_accuracy", classifier_metrics=joint,
-        unused_parameters=not joint,
+        label=f"stage 1 ({cfg.loss.name}, {cfg.loss.mode})", unused_parameters=not joint,
     )
     return _train(stage, run or _open_run(cfg, config_stem, None), resume=bool(resume))
 
@@ -472,7 +510,8 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
 
 # Settings that decide which images are in which split: a stage-1 encoder must come from the same ones,
 # or its training images could sit in this run's test part.
-_SPLIT_KEYS = ("dataset", "root", "category", "synthetic_counts", "synthetic_seed", "split", "n_folds", "fold",
+_SPLIT_KEYS = ("dataset", "root", "category", "synthetic_counts", "synthetic_seed", "synthetic_test_counts",
+               "synthetic_test_seed", "split", "n_folds", "fold",
                "test_fraction", "val_fraction", "split_seed")
 
 
@@ -496,7 +535,8 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
     else:
         encoder = build_encoder(cfg.model.encoder, weights=cfg.model.weights, small_image_stem=cfg.model.small_image_stem)
     dataset = build_dataset(cfg.data)
-    splits = make_splits(dataset, cfg.data)
+    splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
+    dataset, splits = add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
     frozen = not cfg.model.finetune
     model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)
     train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names)).tolist()
@@ -508,7 +548,8 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
         return loss, {cfg.loss.name: loss}, loss
 
     view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment)
-    stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True)
+    stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True,
+                   label=f"stage 2 ({'linear probe' if frozen else 'fine-tune'}, {cfg.loss.name})", frozen_encoder=frozen)
     run = run or _open_run(cfg, config_stem, None)
     result = _train(stage, run, resume=bool(resume))
     if frozen and _state_digest(model.encoder) != encoder_digest:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -31,6 +32,7 @@ from bcl.runs import atomic_write_text
 
 __all__ = [
     "TensorBoardLogger",
+    "tensorboard_hint",
     "select_projector_indices",
     "confusion_matrix_figure",
     "figure_to_array",
@@ -50,6 +52,17 @@ PROJECTOR_CONFIG = "projector_config.pbtxt"
 # ----------------------------------------------------------------------------------------------------
 # Helpers (usable without a writer)
 # ----------------------------------------------------------------------------------------------------
+
+
+def tensorboard_hint(logdir: Path) -> str:
+    """How to open a folder of runs in TensorBoard, with this interpreter's own ``tensorboard``.
+
+    The path works whether or not the virtual environment is activated.
+    """
+    executable = Path(sys.executable).parent / "tensorboard"
+    command = str(executable) if executable.exists() else "tensorboard"
+    return (f"TensorBoard: {command} --logdir {logdir}  (then open http://localhost:6006; in the PROJECTOR "
+            "tab pick a run's features and use 'Color by' class, split, prediction or correct)")
 
 
 def select_projector_indices(labels: Any, per_class: int, seed: int = 0) -> np.ndarray:

@@ -152,7 +152,7 @@ def test_torchrun_two_processes_runs_both_scripts(tmp_path):
     assert stage1.returncode == 0, stage1.stderr[-3000:]
     metrics = json.loads((tmp_path / "s1" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0 <= metrics["test"]["balanced_accuracy"] <= 1
-    assert stage1.stdout.count("supcon test") == 1  # only rank 0 reports
+    assert stage1.stdout.count("stage 1 (bcl, joint) test") == 1  # only rank 0 reports
 
     stage2 = torchrun("train_linear.py", *TINY, f"run.output_dir={tmp_path}", "run.name=probe",
                       f"model.stage1_checkpoint={tmp_path / 's1' / 'checkpoints' / 'best.pt'}")

@@ -65,7 +65,7 @@ def check_run_folder(run, stage, epochs, classifier=True):
     # TensorBoard: scalars per epoch, read back from the event file
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("train_loss")] == list(range(1, epochs + 1))
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, epochs + 1))
     if classifier:
         assert any("confusion_matrix" in tag for tag in events.Tags()["images"])
     # the embedding projector: config, metadata, tensors and sprite, every class present
@@ -91,7 +91,7 @@ def test_stage1_joint_then_linear_probe_leaves_encoder_untouched(tmp_path, capsy
                     "loss.name=logit_adjusted")
     metrics = check_run_folder(stage2, "linear", epochs=2)
     out = capsys.readouterr().out
-    assert "linear test" in out and "tensorboard --logdir" in out
+    assert "stage 2 (linear probe, logit_adjusted) test" in out and "tensorboard --logdir" in out
 
     # the probed encoder (weights and BatchNorm statistics) is bit-identical to stage 1's
     encoder1 = {k[len("encoder."):]: v for k, v in
