@@ -14,12 +14,19 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job: stage 1 (BCL) then stage 2 (linear probe) on the embedded synthetic transistor data.
+# The main job on the embedded synthetic transistor data: BCL pre-training (stage 1), a linear probe on
+# its frozen encoder (stage 2) and the cross-entropy baseline, each tested once on the same generated
+# balanced test set, then the three side by side with the chance line.
 RUN_NAME := main-$(shell date -u +%Y%m%d-%H%M%S)
+RUNS ?= runs
 run: install
-	$(PY) train_supcon.py --config configs/main_supcon.yaml run.name=$(RUN_NAME)-supcon
-	$(PY) train_linear.py --config configs/main_linear.yaml run.name=$(RUN_NAME)-linear \
-		model.stage1_checkpoint=runs/$(RUN_NAME)-supcon/checkpoints/best.pt
+	$(PY) train_supcon.py --config configs/main_supcon.yaml run.output_dir=$(RUNS) run.name=$(RUN_NAME)-bcl
+	$(PY) train_linear.py --config configs/main_linear.yaml run.output_dir=$(RUNS) run.name=$(RUN_NAME)-probe \
+		model.stage1_checkpoint=$(RUNS)/$(RUN_NAME)-bcl/checkpoints/last.pt
+	$(PY) train_linear.py --config configs/main_ce.yaml run.output_dir=$(RUNS) run.name=$(RUN_NAME)-ce
+	$(PY) -m bcl.compare "BCL -> linear probe=$(RUNS)/$(RUN_NAME)-probe" \
+		"BCL, own classifier=$(RUNS)/$(RUN_NAME)-bcl" "CE baseline=$(RUNS)/$(RUN_NAME)-ce"
+	@echo "Real MVTec transistor numbers: docs/results.md"
 
 test: install
 	$(PY) -m pytest

@@ -1,0 +1,107 @@
+"""Side-by-side test results of finished runs, with the chance line: ``python -m bcl.compare``.
+
+``make run`` ends with it to put BCL → linear probe, BCL's own classifier and the cross-entropy
+baseline on one table. Each argument is ``LABEL=RUN_DIR``; the runs must share class names and test
+part (the table refuses to compare runs tested on different images).
+
+Example:
+    python -m bcl.compare "BCL -> linear probe=runs/main-probe" "CE baseline=runs/main-ce"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from bcl.metrics import format_results_table
+from bcl.tensorboard import tensorboard_hint
+
+__all__ = ["load_test_metrics", "comparison_rows", "main"]
+
+
+def load_test_metrics(run_dir: Path) -> Dict[str, Any]:
+    """The ``metrics.json`` of a finished run.
+
+    Raises:
+        FileNotFoundError: The run has no ``metrics.json`` (it did not finish).
+        ValueError: The file is not a finished run's metrics.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run in {run_dir} has not finished")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict) or "class_names" not in metrics:
+        raise ValueError(f"{path} holds no test metrics with class names")
+    return metrics
+
+
+def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Table rows ``{label: {balanced_accuracy, <class recalls>, good_vs_defect_auroc}}`` plus a chance row.
+
+    Args:
+        runs: ``{label: metrics.json contents}``, in display order.
+
+    Raises:
+        ValueError: The runs have different class names or test parts of different sizes.
+    """
+    if not runs:
+        raise ValueError("nothing to compare: give at least one LABEL=RUN_DIR")
+    first_label, first = next(iter(runs.items()))
+    names: List[str] = list(first["class_names"])
+    support = first["test"].get("per_class_support")
+    rows: Dict[str, Dict[str, Optional[float]]] = {}
+    for label, metrics in runs.items():
+        if list(metrics["class_names"]) != names:
+            raise ValueError(f"{label!r} has classes {metrics['class_names']}, {first_label!r} has {names}")
+        if metrics["test"].get("per_class_support") != support:
+            raise ValueError(f"{label!r} was tested on other images than {first_label!r} (per-class support differs)")
+        test = metrics["test"]
+        recall = test.get("per_class_recall") or {}
+        rows[label] = {"balanced_accuracy": test.get("balanced_accuracy"), **{n: recall.get(n) for n in names},
+                       "good_vs_defect_auroc": test.get("good_vs_defect_auroc")}
+    # Guessing uniformly at random: every class recalled 1/C of the time, AUROC 0.5.
+    chance = 1.0 / len(names)
+    rows["chance"] = {"balanced_accuracy": chance, **{n: chance for n in names}, "good_vs_defect_auroc": 0.5}
+    return rows
+
+
+def _describe(metrics: Mapping[str, Any]) -> str:
+    counts = ":".join(str(n) for n in metrics.get("train_counts", []))
+    support = metrics["test"].get("per_class_support") or {}
+    tested = ", ".join(f"{support[name]} {name}" for name in metrics["class_names"] if name in support)
+    return (f"trained on {counts} images per class ({', '.join(metrics['class_names'])}), tested once on "
+            f"{sum(support.values())} images ({tested}); columns are test balanced accuracy, per-class recall "
+            "and good-vs-defect AUROC, in %")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Test results of finished runs side by side, with chance.")
+    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    args = parser.parse_args(argv)
+    try:
+        runs = {}
+        for item in args.runs:
+            label, sep, run_dir = item.partition("=")
+            if not sep or not label or not run_dir:
+                raise ValueError(f"argument {item!r} must look like LABEL=RUN_DIR")
+            runs[label] = load_test_metrics(Path(run_dir))
+        rows = comparison_rows(runs)
+    except (FileNotFoundError, ValueError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    first = next(iter(runs.values()))
+    columns = ["balanced_accuracy", *first["class_names"], "good_vs_defect_auroc"]
+    sys.stdout.write(f"\nTest results: {_describe(first)}.\n\n{format_results_table(rows, columns)}\n")
+    logdirs = {str(Path(item.partition("=")[2]).resolve().parent) for item in args.runs}
+    sys.stdout.write("\n" + "\n".join(tensorboard_hint(Path(d)) for d in sorted(logdirs)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
