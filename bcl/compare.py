@@ -75,7 +75,8 @@ def _describe(metrics: Mapping[str, Any]) -> str:
     counts = ":".join(str(n) for n in metrics.get("train_counts", []))
     support = metrics["test"].get("per_class_support") or {}
     tested = ", ".join(f"{support[name]} {name}" for name in metrics["class_names"] if name in support)
-    return (f"trained on {counts} images per class ({', '.join(metrics['class_names'])}), tested once on "
+    return (f"trained on {counts} images per class ({', '.join(metrics['class_names'])}; pasted images, if any, "
+            f"included), tested once on "
             f"{sum(support.values())} images ({tested}); columns are test balanced accuracy, per-class recall "
             "and good-vs-defect AUROC, in %")
 
