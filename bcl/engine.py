@@ -12,7 +12,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -107,12 +107,9 @@ def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"data.synthetic_test_counts / data.synthetic_test_seed: {error}") from None
             # One table: the training set first, then the test set, marked by the sample's source split.
-            test_samples = [replace(sample, path=f"{sample.path}?seed={cfg.synthetic_test_seed}", split=_GENERATED_TEST)
+            test.samples = [replace(sample, path=f"{sample.path}?seed={cfg.synthetic_test_seed}", split=_GENERATED_TEST)
                             for sample in test.samples]
-            masks = [*dataset.masks, *test.masks]
-            dataset = ImageClassificationDataset(dataset.class_names, [*dataset.samples, *test_samples],
-                                                 [*dataset.images, *test.images])
-            dataset.masks = masks
+            dataset = _concatenate(dataset, test)
     elif not cfg.root:
         raise ConfigError(
             "data.dataset=mvtec needs data.root: the MVTec AD root (with data.category) or one category "
@@ -128,6 +125,14 @@ def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
 _GENERATED_TEST = "synthetic_test"  # Sample.split of the separately generated test images (data.split=generated)
 
 
+def _concatenate(first: ImageClassificationDataset, second: ImageClassificationDataset) -> ImageClassificationDataset:
+    """``first``'s images then ``second``'s, with their defect masks and ``first``'s transform."""
+    combined = ImageClassificationDataset(first.class_names, [*first.samples, *second.samples],
+                                          [*first.images, *second.images], first.transform)
+    combined.masks = [*first.masks, *second.masks]
+    return combined
+
+
 def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation: bool = True) -> DataSplits:
     """Stratified train / validation / test positions; every class must keep training images.
 
@@ -138,20 +143,18 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
             without one (``eval.selection=last``) the whole training part trains and ``val`` is empty.
     """
     try:
-        if cfg.split == "generated":
-            source = np.array([sample.split for sample in dataset.samples])
-            train_pool, test = np.flatnonzero(source != _GENERATED_TEST), np.flatnonzero(source == _GENERATED_TEST)
-        elif cfg.split == "kfold":
-            fold = stratified_kfold(dataset, n_splits=cfg.n_folds, seed=cfg.split_seed)[cfg.fold]
-            train_pool, test = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
-        else:
-            train_pool = None
+        if cfg.split == "holdout":
             train, val, test = stratified_split(dataset, val_fraction=cfg.val_fraction if validation else 0.0,
                                                 test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-        if train_pool is not None and validation:
-            train, val = train_val_split_within(train_pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-        elif train_pool is not None:
-            train, val = train_pool, []
+        else:
+            if cfg.split == "generated":
+                source = np.array([sample.split for sample in dataset.samples])
+                pool, test = np.flatnonzero(source != _GENERATED_TEST), np.flatnonzero(source == _GENERATED_TEST)
+            else:
+                fold = stratified_kfold(dataset, n_splits=cfg.n_folds, seed=cfg.split_seed)[cfg.fold]
+                pool, test = fold.train_idx, fold.test_idx
+            train, val = (train_val_split_within(pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+                          if validation else (pool, []))
         splits = DataSplits(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64),
                             np.asarray(test, dtype=np.int64))
     except ValueError as error:  # the splitters name the class that is too small
@@ -165,7 +168,7 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
 
 
 def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig,
-                       seed: int) -> tuple:
+                       seed: int) -> Tuple[ImageClassificationDataset, DataSplits]:
     """Appends ``cfg.paste_per_class`` mask-pasted images per defect class to the training part.
 
     Only training images are read (see :func:`bcl.data.paste_defects`). Returns ``(dataset, splits)``,
@@ -177,9 +180,7 @@ def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, 
         pasted = paste_defects(dataset, splits.train, cfg.paste_per_class, seed)
     except ValueError as error:
         raise ConfigError(f"data.paste_per_class={cfg.paste_per_class}: {error}") from None
-    combined = ImageClassificationDataset(dataset.class_names, [*dataset.samples, *pasted.samples],
-                                          [*dataset.images, *pasted.images], dataset.transform)
-    combined.masks = [*dataset.masks, *pasted.masks]
+    combined = _concatenate(dataset, pasted)
     new = np.arange(len(dataset), len(combined), dtype=np.int64)
     logger.info("pasted %d training defects onto training good images (%d per defect class)", len(new),
                 cfg.paste_per_class)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -205,6 +205,14 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> t
         _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     return cfg, run
+
+
+def _data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
+    """The dataset and its parts, as both stages make them: a validation part only under
+    ``eval.selection=val``, pasted defects (if asked for) added to the training part."""
+    dataset = build_dataset(cfg.data)
+    splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
+    return add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
 
 
 def _check_launch_settings(cfg: Any) -> None:
@@ -403,12 +411,12 @@ def _evaluate_split(stage: _Stage, model: nn.Module, positions: np.ndarray, trai
 
 def _finish(stage: _Stage, run: RunDir, board: TensorBoardLogger, train_counts: List[int],
             best: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """Loads the epoch chosen on validation, evaluates it once on test, logs figures and the projector."""
+    """Evaluates the last epoch or the one chosen on validation once on test, logs figures and the projector."""
     model, dataset, splits, cfg = stage.model, stage.dataset, stage.splits, stage.cfg
-    if cfg.eval.selection == "val" and best["epoch"] is not None:
-        model.load_state_dict(run.load_checkpoint("best.pt")["model"])
-    else:
+    if cfg.eval.selection == "last":
         best = {"epoch": cfg.optim.epochs, "value": None, "metric": "last epoch (eval.selection=last)"}
+    elif best["epoch"] is not None:
+        model.load_state_dict(run.load_checkpoint("best.pt")["model"])
     image_size = cfg.data.image_size
     outputs = {name: extract(model, dataset.subset(positions), image_size, device)
                for name, positions in splits.as_dict().items()}
@@ -463,9 +471,7 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run = _start(SupConConfig, cfg, config_stem, resume)
-    dataset = build_dataset(cfg.data)
-    splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
-    dataset, splits = add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
+    dataset, splits = _data(cfg)
     model = build_model(
         cfg.model.encoder, len(dataset.class_names), weights=cfg.model.weights,
         small_image_stem=cfg.model.small_image_stem, proj_dim=cfg.model.proj_dim,
@@ -534,9 +540,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
         logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem, cfg.model.stage1_checkpoint)
     else:
         encoder = build_encoder(cfg.model.encoder, weights=cfg.model.weights, small_image_stem=cfg.model.small_image_stem)
-    dataset = build_dataset(cfg.data)
-    splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
-    dataset, splits = add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
+    dataset, splits = _data(cfg)
     frozen = not cfg.model.finetune
     model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)
     train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names)).tolist()

@@ -88,7 +88,9 @@ def paste_defects(
     for label, name in enumerate(dataset.class_names):
         if label == good_class:
             continue
-        sources = [int(p) for p in positions[labels == label] if _mask(dataset, int(p)) is not None]
+        found = {int(p): _mask(dataset, int(p)) for p in positions[labels == label]}
+        source_masks = {p: mask for p, mask in found.items() if mask is not None}
+        sources = list(source_masks)
         if not sources:
             if (labels == label).any():
                 raise ValueError(f"class {name!r} has training images but none with a defect mask to paste")
@@ -99,7 +101,7 @@ def paste_defects(
                 order = list(rng.permutation(sources))
             source = int(order.pop())
             target = int(rng.choice(goods))
-            mask, defect, good = _mask(dataset, source), dataset.images[source], dataset.images[target]
+            mask, defect, good = source_masks[source], dataset.images[source], dataset.images[target]
             if defect.shape != good.shape or tuple(mask.shape) != tuple(good.shape[-2:]):
                 raise ValueError(
                     f"cannot paste {dataset.samples[source].path} (image {tuple(defect.shape)}, mask "
