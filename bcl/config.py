@@ -69,7 +69,9 @@ class DataConfig:
     data only, ``generated``: the whole generated set (``synthetic_counts``, ``synthetic_seed``) trains and
     a second, separately generated set (``synthetic_test_counts``, balanced by default, from
     ``synthetic_test_seed``, which must differ) is the test part, so one test image is not 10 points.
-    Only when ``eval.selection=val`` is a stratified validation part (``val_fraction``) carved from the
+    ``inner_folds`` > 0 (tuning) splits fold ``fold``'s training part again, stratified, and uses inner
+    fold ``inner_fold`` of it as the test part: the outer test part is then not in the run at all, so
+    hyper-parameters chosen on such runs never saw it. Only when ``eval.selection=val`` is a stratified validation part (``val_fraction``) carved from the
     training part for model selection; the test part is never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first
     keeps the largest class-ratio subset of the data (seeded by ``split_seed``). ``paste_per_class``
     adds that many training images per defect class, made by pasting a training defect's masked pixels
@@ -90,6 +92,8 @@ class DataConfig:
     split: str = "kfold"
     n_folds: int = 5
     fold: int = 0
+    inner_folds: int = 0
+    inner_fold: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     split_seed: int = 0
@@ -115,6 +119,12 @@ class DataConfig:
             raise ConfigError(f"data.image_size must be >= 16 pixels, got {self.image_size}")
         if self.split == "kfold" and not 0 <= self.fold < self.n_folds:
             raise ConfigError(f"data.fold must be in [0, data.n_folds={self.n_folds}), got {self.fold}")
+        if self.inner_folds:
+            if self.split != "kfold" or self.inner_folds < 2:
+                raise ConfigError(f"data.inner_folds must be 0 (off) or >= 2 with data.split=kfold, got "
+                                  f"{self.inner_folds} with data.split={self.split}")
+            if not 0 <= self.inner_fold < self.inner_folds:
+                raise ConfigError(f"data.inner_fold must be in [0, data.inner_folds={self.inner_folds}), got {self.inner_fold}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0 < self.val_fraction < 1:

@@ -153,6 +153,10 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
             else:
                 fold = stratified_kfold(dataset, n_splits=cfg.n_folds, seed=cfg.split_seed)[cfg.fold]
                 pool, test = fold.train_idx, fold.test_idx
+                if cfg.inner_folds:  # tuning: the outer test part leaves the run entirely
+                    labels = np.asarray(dataset.targets)[pool]
+                    inner = stratified_kfold(labels, n_splits=cfg.inner_folds, seed=cfg.split_seed)[cfg.inner_fold]
+                    pool, test = pool[inner.train_idx], pool[inner.test_idx]
             train, val = (train_val_split_within(pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
                           if validation else (pool, []))
         splits = DataSplits(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64),

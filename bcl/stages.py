@@ -518,7 +518,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
 # or its training images could sit in this run's test part.
 _SPLIT_KEYS = ("dataset", "root", "category", "synthetic_counts", "synthetic_seed", "synthetic_test_counts",
                "synthetic_test_seed", "split", "n_folds", "fold",
-               "test_fraction", "val_fraction", "split_seed")
+               "inner_folds", "inner_fold", "test_fraction", "val_fraction", "split_seed")
 
 
 def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) -> None:

@@ -1,17 +1,24 @@
-"""The benchmark suite end to end on a tiny MVTec tree: cells, aggregation, resume, refusals."""
+"""The small-data suite end to end on a tiny MVTec tree: tuning on inner folds, repeated folds, paired
+differences and intervals checked by hand, resume, refusals."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
-from bcl.bench import aggregate, main
-from bcl.data import make_tiny_mvtec
+import bcl.bench as bench
+from bcl.bench import Lever, Method, aggregate, check_definitions, main, paired_difference
+from bcl.config import LinearConfig, load_config
+from bcl.data import MVTecAD, make_tiny_mvtec, stratified_kfold
+from bcl.engine import build_dataset, make_splits
 
-TINY = ["--methods", "ce", "focal", "--folds", "2", "--epochs", "1", "--probe-epochs", "1", "--image-size", "32",
-        "--batch-size", "8"]
+TINY = ["--methods", "ce", "focal", "--folds", "2", "--repeats", "2", "--inner-folds", "2", "--epochs", "1",
+        "--probe-epochs", "1", "--image-size", "32", "--batch-size", "8", "--ablations", "no_paste"]
+T_975_3 = 3.182446305284263  # Student t quantile 0.975 with 3 degrees of freedom (tables)
+T_975_1 = 12.706204736174707
 
 
 @pytest.fixture(scope="module")
@@ -20,75 +27,146 @@ def tiny_root(tmp_path_factory):
     return make_tiny_mvtec(root, defects=("bent_lead", "cut_lead"), n_train_good=8, n_test_good=4, n_defect=6, size=32)
 
 
-def cell(method, fold, balanced, recall_good=1.0):
-    test = {"balanced_accuracy": balanced, "accuracy": 0.9, "macro_f1": 0.5, "good_vs_defect_auroc": None,
-            "knn_balanced_accuracy": 0.4, "knn_good_vs_defect_auroc": 0.6,
-            "per_class_recall": {"good": recall_good, "bent_lead": None}, "confusion_matrix": [[1, 0], [0, 1]]}
-    return {"method": method, "fold": fold, "seed": 0, "wall_time_s": 10.0 * (fold + 1), "test": test}
-
-
-def test_aggregation_is_over_each_method_s_own_cells():
-    contrastive_only = cell("supcon", 0, None)
-    for key in ("per_class_recall", "confusion_matrix", "balanced_accuracy"):
-        del contrastive_only["test"][key]  # a stage without a classifier has kNN metrics only
-    summary = aggregate([cell("ce", 0, 0.5), cell("ce", 1, 0.7), cell("focal", 0, 0.2, recall_good=0.5),
-                         contrastive_only])
-    assert summary["supcon"]["balanced_accuracy"]["n"] == 0 and summary["supcon"]["knn_balanced_accuracy"]["n"] == 1
-    assert summary["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
-    assert summary["ce"]["balanced_accuracy"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert summary["ce"]["balanced_accuracy"]["n"] == 2 and summary["ce"]["cells"] == [(0, 0), (1, 0)]
-    assert summary["focal"]["balanced_accuracy"] == {"mean": 0.2, "std": 0.0, "n": 1}
-    assert summary["focal"]["per_class_recall"]["good"]["mean"] == 0.5
-    assert summary["ce"]["per_class_recall"]["bent_lead"] == {"mean": None, "std": None, "n": 0}  # absent, not 0
-    assert summary["ce"]["good_vs_defect_auroc"]["n"] == 0
-    assert summary["ce"]["confusion_matrix"] == [[2, 0], [0, 2]]
-    assert summary["ce"]["wall_time_s"]["mean"] == pytest.approx(15.0)
-
-
-def test_suite_end_to_end_then_resume_skips_finished_cells(tiny_root, tmp_path, capsys):
-    out = tmp_path / "suite"
-    report = tmp_path / "docs" / "results.md"
+@pytest.fixture(scope="module")
+def finished(tiny_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("suite")
+    out, report = base / "suite", base / "docs" / "results.md"
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY, "--report", str(report)]) == 0
-    cells = sorted(p.name for p in (out / "cells").glob("*.json"))
-    assert cells == ["ce__fold0__seed0.json", "ce__fold1__seed0.json", "focal__fold0__seed0.json",
-                     "focal__fold1__seed0.json"]
-    results = json.loads((out / "results.json").read_text())
-    ce = [json.loads((out / "cells" / name).read_text())["test"]["balanced_accuracy"] for name in cells[:2]]
-    assert results["summary"]["ce"]["balanced_accuracy"]["mean"] == pytest.approx(np.mean(ce))
-    assert results["summary"]["ce"]["balanced_accuracy"]["std"] == pytest.approx(np.std(ce, ddof=1))
-    assert (out / "results_cells.csv").read_text().count("\n") == 5
-    assert (out / "results_per_class_recall.png").is_file() and (out / "results_tsne.png").is_file()
+    return out, report
+
+
+def test_paired_difference_is_the_corrected_resampled_t_interval():
+    a = {(0, 0): 0.6, (0, 1): 0.7, (1, 0): 0.5, (1, 1): 0.9, (2, 0): 0.1}  # (2, 0) has no partner: not used
+    b = {(0, 0): 0.5, (0, 1): 0.4, (1, 0): 0.5, (1, 1): 0.6}
+    d = np.array([0.1, 0.3, 0.0, 0.3])
+    half = T_975_3 * d.std(ddof=1) * math.sqrt(1 / 4 + 1 / 4)
+    result = paired_difference(a, b, test_over_train=0.25)
+    assert result["n"] == 4 and result["mean"] == pytest.approx(0.175)
+    assert result["low"] == pytest.approx(0.175 - half) and result["high"] == pytest.approx(0.175 + half)
+    assert paired_difference({(0, 0): 0.5}, {(0, 0): 0.25}, 0.25) == {"mean": 0.25, "std": None, "n": 1, "low": None,
+                                                                     "high": None}
+
+
+def test_suite_end_to_end_paired_differences_by_hand(finished):
+    out, report = finished
+    names = sorted(p.name for p in (out / "cells" / "main").glob("*.json"))
+    assert names == [f"{m}__r{r}__f{f}.json" for m in ("ce", "focal") for r in (0, 1) for f in (0, 1)]
+    tune = sorted(p.name for p in (out / "cells" / "tune").glob("*.json"))
+    assert len(tune) == 2 * 3 * 2 and all("__r0__f0__i" in n for n in tune)  # 2 methods x 3 points x 2 inner folds
+    assert sorted(p.name for p in (out / "cells" / "ablation").glob("*.json")) == ["no_paste__r0__f0.json",
+                                                                                   "no_paste__r0__f1.json"]
+
+    def scores(phase, row):
+        cells = [json.loads(p.read_text()) for p in (out / "cells" / phase).glob(f"{row}__*.json")]
+        return {(c["repeat"], c["fold"]): c["test"]["balanced_accuracy"] for c in cells}
+
+    ce, focal = scores("main", "ce"), scores("main", "focal")
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    best = "ce" if np.mean(list(ce.values())) >= np.mean(list(focal.values())) else "focal"
+    assert summary["reference"] == {"ce": "ce", "best_ce": best}
+    d = np.array([focal[k] - ce[k] for k in sorted(ce)])
+    vs_ce = summary["methods"]["focal"]["vs_ce"]
+    half = T_975_3 * d.std(ddof=1) * math.sqrt(1 / 4 + 1 / (2 - 1))  # 2 folds: n_test / n_train = 1
+    assert vs_ce["n"] == 4 and vs_ce["mean"] == pytest.approx(d.mean())
+    assert vs_ce["low"] == pytest.approx(d.mean() - half) and vs_ce["high"] == pytest.approx(d.mean() + half)
+    assert summary["methods"]["ce"]["balanced_accuracy"]["std"] == pytest.approx(np.std(list(ce.values()), ddof=1))
+
+    lever = scores("ablation", "no_paste")
+    base = {k: v for k, v in ce.items() if k[0] == 0}
+    d = np.array([lever[k] - base[k] for k in sorted(base)])
+    ablation = summary["ablations"]["no_paste"]["vs_base"]
+    assert ablation["mean"] == pytest.approx(d.mean())
+    assert ablation["high"] - ablation["mean"] == pytest.approx(T_975_1 * d.std(ddof=1) * math.sqrt(1 / 2 + 1))
+
+    for name in ("ce", "focal"):
+        means = [np.mean([json.loads(p.read_text())["test"]["balanced_accuracy"]
+                          for p in (out / "cells" / "tune").glob(f"{name}@{point}__*.json")]) for point in range(3)]
+        assert json.loads((out / "tuning" / f"{name}.json").read_text())["chosen"] == int(np.argmax(means))
     text = report.read_text()
-    assert "| CE (instance sampling) |" in text and "python -m bcl.bench" in text and "91.67" in text
-    capsys.readouterr()
+    assert "| CE (instance sampling) |" in text and "python -m bcl.bench" in text and "corrected resampled" in text
+    assert "## Ablation" in text and "## Tuning (inner folds only)" in text and "**yes**" in text
+    assert (out / "results_per_class_recall.png").is_file() and (out / "results_tsne.png").is_file()
 
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    (out / "cells" / "focal__fold1__seed0.json").unlink()
+
+def test_tuning_runs_never_see_the_outer_test_part(tiny_root):
+    dataset = MVTecAD(tiny_root, category="transistor", image_size=32)
+    outer = stratified_kfold(dataset, n_splits=2, seed=0)[0]
+    seen = []
+    for inner in (0, 1):
+        cfg = load_config(LinearConfig, overrides=["data.dataset=mvtec", f"data.root={tiny_root}", "data.n_folds=2",
+                                                   "data.inner_folds=2", f"data.inner_fold={inner}", "data.image_size=32"])
+        splits = make_splits(build_dataset(cfg.data), cfg.data, validation=False)
+        assert not set(splits.train) & set(outer.test_idx) and not set(splits.test) & set(outer.test_idx)
+        assert not set(splits.train) & set(splits.test)
+        seen += list(splits.test)
+    assert sorted(seen) == sorted(outer.train_idx)  # the inner test parts cover the outer training part
+
+
+def test_resume_skips_finished_cells_and_keeps_interrupted_runs(tiny_root, finished, capsys):
+    out, _ = finished
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    interrupted = out / "cells" / "main" / "focal__r1__f1.json"
+    interrupted.unlink()
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    after = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
     assert set(after) == set(stamps)
-    assert all(after[name] == stamps[name] for name in stamps if name != "focal__fold1__seed0.json")
+    assert all(after[p] == stamps[p] for p in stamps if p != interrupted)
     # the interrupted cell's old run folder was moved aside, not overwritten
-    assert list((out / "runs" / "focal").glob("fold1-seed0.replaced-*"))
-
-
-def test_refuses_to_mix_cells_of_another_configuration(tiny_root, tmp_path, capsys):
-    out = tmp_path / "suite"
-    assert main(["--root", str(tiny_root), "--out", str(out), *TINY[:2], "--folds", "2", "--epochs", "1",
-                 "--image-size", "32", "--batch-size", "8"]) == 0
+    assert list((out / "runs" / "main" / "focal").glob("r1-f1.replaced-*"))
     capsys.readouterr()
-    assert main(["--root", str(tiny_root), "--out", str(out), *TINY[:2], "--folds", "2", "--epochs", "2",
-                 "--image-size", "32", "--batch-size", "8"]) == 2
-    assert "protocol.epochs: 1 there, 2 now" in capsys.readouterr().err
 
 
-def test_bad_dataset_and_fold_count_fail_before_training(tiny_root, tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, message", [("--repeats", "3", "protocol.repeats: 2 there, 3 now"),
+                                                  ("--selection", "val", "protocol.selection: 'last' there, 'val' now"),
+                                                  ("--inner-folds", "3", "protocol.inner_folds: 2 there, 3 now")])
+def test_refuses_a_folder_of_another_protocol(tiny_root, finished, capsys, flag, value, message):
+    out, _ = finished
+    assert main(["--root", str(tiny_root), "--out", str(out), *TINY, flag, value]) == 2  # the last flag wins
+    assert message in capsys.readouterr().err
+
+
+def test_refuses_a_folder_made_with_another_grid(tiny_root, finished, capsys, monkeypatch):
+    out, _ = finished
+    changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml", grid=((), ("optim.lr=0.1",)))
+    monkeypatch.setitem(bench.METHODS, "ce", changed)
+    assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 2
+    assert "grid.ce:" in capsys.readouterr().err
+
+
+def test_a_grid_or_lever_cannot_touch_splits_or_selection():
+    methods = {"ce": Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=((), ("data.fold=1",)))}
+    with pytest.raises(ValueError, match="method 'ce' grid sets data.fold"):
+        check_definitions(methods, {})
+    ok = {"ce": Method("ce", "CE", "linear", "mvtec_ce.yaml")}
+    with pytest.raises(ValueError, match="ablation 'peek' sets eval.selection"):
+        check_definitions(ok, {"peek": Lever("peek", "ce", "select on val", ("eval.selection=val",))})
+    with pytest.raises(ValueError, match="bench.epochs_scale must be a positive number"):
+        check_definitions({"ce": Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=(("bench.epochs_scale=x",),))}, {})
+    check_definitions()  # the shipped grids and levers pass
+
+
+def test_bad_dataset_fold_count_and_protocol_fail_before_training(tiny_root, tmp_path, capsys):
     assert main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a"), *TINY]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert main(["--root", str(tiny_root), "--out", str(tmp_path / "b"), *TINY[:3], "--folds", "7"]) == 2
+    args = list(TINY)
+    args[args.index("--folds") + 1] = "7"
+    assert main(["--root", str(tiny_root), "--out", str(tmp_path / "b"), *args]) == 2
     err = capsys.readouterr().err
     assert "bent_lead" in err or "cut_lead" in err
     assert not (tmp_path / "b" / "cells").exists()
+    assert main(["--root", str(tiny_root), "--out", str(tmp_path / "c"), *TINY, "--selection", "best"]) == 2
+    assert "protocol selection must be 'last' or 'val', got 'best'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--root", str(tiny_root), "--out", str(tmp_path / "c"), "--methods", "resnet"])
+        main(["--root", str(tiny_root), "--out", str(tmp_path / "d"), "--methods", "resnet"])
     assert "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_aggregation_without_partners_leaves_the_difference_empty():
+    def cell(row, repeat, fold, value):
+        return {"row": row, "method": row, "repeat": repeat, "fold": fold, "wall_time_s": 1.0,
+                "test": {"balanced_accuracy": value, "per_class_recall": {"good": 1.0}, "confusion_matrix": [[1]]}}
+
+    summary = aggregate([cell("ce", 0, 0, 0.5), cell("ce", 0, 1, 0.7), cell("bcl", 1, 0, 0.9)], folds=5)
+    assert summary["methods"]["bcl"]["vs_ce"]["n"] == 0 and summary["methods"]["bcl"]["vs_ce"]["mean"] is None
+    assert summary["methods"]["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
+    assert summary["reference"]["best_ce"] == "ce"
