@@ -135,13 +135,36 @@ class DataConfig:
         _positive("data.paste_per_class", self.paste_per_class, allow_zero=True)
 
 
+def _check_weights(weights: str, encoder: str, download_timeout_s: float) -> None:
+    """An ImageNet variant torchvision lacks (``imagenet:V2`` for resnet18) fails here, not mid-launch."""
+    _positive("model.download_timeout_s", download_timeout_s)
+    if not weights.strip().lower().startswith("imagenet"):
+        return
+    from bcl.models.encoders import _IMAGENET_SPEC, imagenet_weights_path  # lazy: only then import torchvision
+
+    if _IMAGENET_SPEC.fullmatch(weights.strip()):
+        try:
+            imagenet_weights_path(encoder, weights)
+        except ValueError as error:
+            raise ConfigError(f"model.weights: {error}") from None
+
+
 @dataclass
 class ModelConfig:
-    """Encoder and heads for stage 1 (``prototypes``: ``classifier`` | ``learned`` | ``none``)."""
+    """Encoder and heads for stage 1 (``prototypes``: ``classifier`` | ``learned`` | ``none``).
+
+    ``weights``: ``none``, ``imagenet`` (torchvision's default ImageNet weights; ``imagenet:V1`` /
+    ``imagenet:V2`` where torchvision has both) or a weights file. ImageNet weights come from the torch
+    hub cache, downloaded into it first when missing unless ``allow_download`` is false (air-gapped
+    machines: the run then stops at once naming the file to put there); ``download_timeout_s`` bounds
+    each socket operation of the download.
+    """
 
     encoder: str = "resnet18"
     weights: str = "none"
     small_image_stem: bool = False
+    allow_download: bool = True
+    download_timeout_s: float = 30.0
     proj_dim: int = 128
     proj_hidden_dim: Optional[int] = None
     classifier: str = "cosine"
@@ -149,6 +172,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
         _choice("model.prototypes", self.prototypes, ("classifier", "learned", "none"))
         _positive("model.proj_dim", self.proj_dim)
@@ -204,10 +228,13 @@ class OptimConfig:
     """Optimiser (``sgd`` | ``adam`` | ``adamw``) and schedule (linear warmup, then ``cosine`` or ``constant``).
 
     A warmup longer than the run (e.g. after overriding ``epochs`` down) warms up over the whole run.
+    ``backbone_lr_scale`` in (0, 1] gives the encoder ``lr × backbone_lr_scale`` and the heads ``lr``
+    (the schedule scales both alike); 0.1 is the usual choice when fine-tuning ImageNet weights.
     """
 
     name: str = "sgd"
     lr: float = 0.05
+    backbone_lr_scale: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
     epochs: int = 30
@@ -219,6 +246,8 @@ class OptimConfig:
         _choice("optim.name", self.name, ("sgd", "adam", "adamw"))
         _choice("optim.schedule", self.schedule, ("cosine", "constant"))
         _positive("optim.lr", self.lr)
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise ConfigError(f"optim.backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim.epochs", self.epochs)
         _positive("optim.warmup_epochs", self.warmup_epochs, allow_zero=True)
@@ -343,7 +372,8 @@ class LinearModelConfig:
 
     ``stage1_checkpoint``: a ``train_supcon.py`` checkpoint; the encoder's architecture and weights
     are read from it (``encoder``, ``weights`` and ``small_image_stem`` are then not used). Otherwise
-    the encoder is built from ``encoder`` with ``weights`` (``none``, ``imagenet`` or a file).
+    the encoder is built from ``encoder`` with ``weights`` (``none``, ``imagenet``, ``imagenet:V1`` /
+    ``imagenet:V2`` or a file; ``allow_download`` and ``download_timeout_s`` as in :class:`ModelConfig`).
     ``finetune``: false = linear probe (encoder frozen, in eval mode); true = end-to-end training.
     """
 
@@ -351,11 +381,14 @@ class LinearModelConfig:
     encoder: str = "resnet18"
     weights: str = "none"
     small_image_stem: bool = False
+    allow_download: bool = True
+    download_timeout_s: float = 30.0
     classifier: str = "linear"
     finetune: bool = False
 
     def __post_init__(self) -> None:
         _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
 
 

@@ -12,7 +12,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -227,13 +227,33 @@ def eval_loader(dataset: ImageClassificationDataset, batch_size: int, num_worker
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(model: Union[nn.Module, Iterable[nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters of ``model`` (a module, or its parameters).
+
+    With ``cfg.backbone_lr_scale < 1`` the parameters of ``model.encoder`` form a group with learning rate
+    ``cfg.lr * backbone_lr_scale`` and all others (the heads) a group with ``cfg.lr``; the schedule of
+    :func:`build_scheduler` multiplies each group's own rate, so the ratio holds all along. At 1.0 there
+    is one group, as in checkpoints written before the setting existed.
+
+    Raises:
+        ValueError: ``backbone_lr_scale < 1`` but ``model`` is not a module with an ``encoder``.
+    """
+    params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
+    groups: List[Dict] = [{"params": params}]
+    if cfg.backbone_lr_scale != 1.0:
+        encoder = getattr(model, "encoder", None)
+        if not isinstance(encoder, nn.Module):
+            raise ValueError("optim.backbone_lr_scale < 1 needs a model with an .encoder to tell backbone from heads")
+        backbone = {id(p) for p in encoder.parameters()}
+        groups = [{"params": [p for p in params if id(p) in backbone], "lr": cfg.lr * cfg.backbone_lr_scale},
+                  {"params": [p for p in params if id(p) not in backbone], "lr": cfg.lr}]
+        groups = [g for g in groups if g["params"]]  # a frozen encoder (linear probe) has none
+        logger.info("learning rates: encoder %g, heads %g", cfg.lr * cfg.backbone_lr_scale, cfg.lr)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):

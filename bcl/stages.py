@@ -49,7 +49,7 @@ from bcl.engine import (
     train_loader,
 )
 from bcl.losses import BalancedSupCon, FocalLoss, LogitAdjustedLoss, class_balanced_weights
-from bcl.models import Encoder, NormedLinear, build_encoder, build_model
+from bcl.models import BCLModel, Encoder, NormedLinear, build_encoder
 from bcl.distributed import (
     all_reduce_sum,
     barrier,
@@ -207,6 +207,12 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> t
     return cfg, run
 
 
+def _encoder(model_cfg: Any) -> Encoder:
+    """The encoder a stage's ``model`` section asks for (ImageNet weights downloaded unless told not to)."""
+    return build_encoder(model_cfg.encoder, weights=model_cfg.weights, small_image_stem=model_cfg.small_image_stem,
+                         allow_download=model_cfg.allow_download, download_timeout_s=model_cfg.download_timeout_s)
+
+
 def _data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
     """The dataset and its parts, as both stages make them: a validation part only under
     ``eval.selection=val``, pasted defects (if asked for) added to the training part."""
@@ -257,7 +263,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
                             rank=rank, world_size=world_size)
 
     steps_per_epoch = len(loader_for(0))
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
@@ -472,9 +478,8 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run = _start(SupConConfig, cfg, config_stem, resume)
     dataset, splits = _data(cfg)
-    model = build_model(
-        cfg.model.encoder, len(dataset.class_names), weights=cfg.model.weights,
-        small_image_stem=cfg.model.small_image_stem, proj_dim=cfg.model.proj_dim,
+    model = BCLModel(
+        _encoder(cfg.model), len(dataset.class_names), proj_dim=cfg.model.proj_dim,
         proj_hidden_dim=cfg.model.proj_hidden_dim, classifier=cfg.model.classifier, prototypes=cfg.model.prototypes,
     )
     joint = cfg.loss.mode == "joint"
@@ -539,7 +544,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
         _check_same_split(cfg, stage1_cfg, cfg.model.stage1_checkpoint)
         logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem, cfg.model.stage1_checkpoint)
     else:
-        encoder = build_encoder(cfg.model.encoder, weights=cfg.model.weights, small_image_stem=cfg.model.small_image_stem)
+        encoder = _encoder(cfg.model)
     dataset, splits = _data(cfg)
     frozen = not cfg.model.finetune
     model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)

@@ -56,7 +56,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("optim.epochz=3", r"unknown config key 'optim.epochz'; valid keys in 'optim': batch_size, epochs"),
+        ("optim.epochz=3", r"unknown config key 'optim.epochz'; valid keys in 'optim': backbone_lr_scale, batch_size, epochs"),
         ("bogus=1", r"unknown config key 'bogus'; valid keys in the top level: data, eval"),
         ("optim.epochs=ten", r"bad value for 'optim.epochs'"),
         ("run.tensorboard=maybe", r"bad value for 'run.tensorboard'"),

@@ -127,16 +127,16 @@ def test_weights_none_forms_are_random_init():
 # --------------------------------------------------------------------------- ImageNet weights
 
 
-def test_imagenet_not_cached_raises_fast_without_network(hub_dir, no_network):
+def test_imagenet_not_cached_with_downloads_off_raises_fast_without_network(hub_dir, no_network):
     expected, url, _ = imagenet_weights_path("resnet18")
     assert expected == hub_dir / "checkpoints" / "resnet18-f37072fd.pth"
     start = time.monotonic()
     with pytest.raises(PretrainedWeightsNotFoundError) as info:
-        build_encoder("resnet18", weights="imagenet")
+        build_encoder("resnet18", weights="imagenet", allow_download=False)
     assert time.monotonic() - start < 10
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
-    assert str(expected) in message
+    assert str(expected) in message and str(expected.parent) in message and "\n" not in message
     assert url in message and "download" in message.lower()
     assert "torchvision.models.resnet18(weights='IMAGENET1K_V1')" in message
 

@@ -13,8 +13,10 @@ from .encoders import (
     ENCODER_NAMES,
     Encoder,
     PretrainedWeightsNotFoundError,
+    WeightsDownloadError,
     WeightsLoadError,
     build_encoder,
+    fetch_imagenet_weights,
     imagenet_weights_path,
     load_encoder_weights,
 )
@@ -30,9 +32,11 @@ __all__ = [
     "PretrainedWeightsNotFoundError",
     "ProjectionHead",
     "PrototypeHead",
+    "WeightsDownloadError",
     "WeightsLoadError",
     "build_encoder",
     "build_model",
+    "fetch_imagenet_weights",
     "imagenet_weights_path",
     "load_encoder_weights",
 ]
