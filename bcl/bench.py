@@ -87,7 +87,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in [
            grid=((), ("optim.name=sgd", "optim.lr=0.05"), ("loss.temperature=0.2",))),  # SGD: the paper's
     Method("bcl_probe", "BCL → linear probe", "linear", "mvtec_linear.yaml", family="contrastive", needs="bcl"),
 ]}
-DEFAULT_METHODS = ("ce", "ce_classaware", "bcl", "bcl_probe")
+DEFAULT_METHODS = ("ce", "bcl", "bcl_probe")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ ABLATIONS: Dict[str, Lever] = {a.name: a for a in [
     Lever("px128", "ce", "128 px instead of 64 px", ("data.image_size=128",)),
     Lever("bcl_no_paste", "bcl", "BCL without mask-guided defect synthesis", ("data.paste_per_class=0",)),
 ]}
-DEFAULT_ABLATIONS = ("no_paste", "crop_0.3", "fp32", "bcl_no_paste", "px128")
+DEFAULT_ABLATIONS = ("no_paste", "crop_0.3", "bcl_no_paste")
 
 # What the protocol alone decides: a grid point or lever that set these could move test images into
 # training or score on them, so it cannot be written.
@@ -209,7 +209,7 @@ def _check_or_write_settings(suite: Suite) -> None:
     path = suite.out / "suite.json"
     settings = _settings(suite)
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = _read_json(path)
         differing = _differences(saved.get("settings", {}), settings)
         if differing:
             raise ValueError(
@@ -272,14 +272,21 @@ def _run_cell(suite: Suite, phase: str, row: str, method: Method, extra: Sequenc
     started = time.perf_counter()
     result = (run_supcon if method.stage == "supcon" else run_linear)(cfg, config_stem=method.name)
     cell = {"phase": phase, "row": row, "method": method.name, "repeat": repeat, "fold": fold, "inner": inner,
-            "overrides": list(extra), "run_dir": str(result.run_dir),
+            "overrides": list(extra), "protocol": suite.protocol.as_dict(), "run_dir": str(result.run_dir),
             "wall_time_s": round(time.perf_counter() - started, 2), "test": result.metrics["test"]}
     atomic_write_text(suite.cell_path(phase, row, repeat, fold, inner), json.dumps(cell, indent=1))
     return cell
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}); delete it to rerun that cell") from None
+
+
 def _read_cell(path: Path) -> Optional[Dict[str, Any]]:
-    return json.loads(path.read_text()) if path.exists() else None
+    return _read_json(path) if path.exists() else None
 
 
 def _with_prerequisites(names: Sequence[str]) -> List[str]:
@@ -367,8 +374,28 @@ def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = (
                     (*_chosen_overrides(lever.method, chosen), *lever.overrides), 0, fold)
 
 
-def _read_cells(out: Path, phase: str) -> List[Dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((out / "cells" / phase).glob("*.json"))]
+def _read_cells(suite: Suite, phase: str) -> List[Dict[str, Any]]:
+    """The finished cells of ``phase``; a cell this suite could not have written is an error naming it."""
+    cells = []
+    p = suite.protocol
+    for path in sorted((suite.out / "cells" / phase).glob("*.json")):
+        cell = _read_json(path)
+        try:
+            where = suite.cell_path(phase, cell["row"], cell["repeat"], cell["fold"], cell.get("inner"))
+            fits = (cell["phase"] == phase and where == path and 0 <= cell["fold"] < p.folds
+                    and 0 <= cell["repeat"] < (1 if phase != "main" else p.repeats)
+                    and (cell.get("inner") is None) == (phase != "tune") and isinstance(cell["test"], dict)
+                    # cells from before the "protocol" field are checked by the folder's suite.json alone
+                    and cell.get("protocol", p.as_dict()) == p.as_dict()
+                    and (cell["row"] in METHODS if phase == "main" else
+                         cell["row"] in ABLATIONS if phase == "ablation" else cell["row"].split("@")[0] in METHODS))
+        except (KeyError, TypeError):
+            fits = False
+        if not fits:
+            raise ValueError(f"{path} is not a {phase} cell of this suite ({p.repeats} repeats x {p.folds} folds): "
+                             "copied from another suite or edited? Move it out of the folder")
+        cells.append(cell)
+    return cells
 
 
 def _mean_std(values: Sequence[Optional[float]]) -> Dict[str, Any]:
@@ -735,17 +762,9 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
 
 
 def reproduce_command(argv: Sequence[str]) -> str:
-    """The command that reruns the suite and rewrites the report (without this sitting's extras)."""
-    kept, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token == "--aggregate-only":
-            continue
-        elif token == "--reading":
-            skip = True
-        else:
-            kept.append(token)
+    """The command that reruns the suite and rewrites the report (``--aggregate-only`` left out)."""
+    env_root = os.environ.get("BCL_MVTEC_ROOT")
+    kept = ["$BCL_MVTEC_ROOT" if env_root and token == env_root else token for token in argv if token != "--aggregate-only"]
     prefix = [] if "--root" in kept else ["BCL_MVTEC_ROOT=/path/to/mvtec_ad/transistor"]
     return " ".join([*prefix, "python -m bcl.bench", *kept])
 
@@ -775,7 +794,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregate-only", action="store_true", help="only rebuild results from finished cells")
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNG figures (default <out>)")
     parser.add_argument("--report", type=Path, default=None, help="also write this markdown report (docs/results.md)")
-    parser.add_argument("--reading", type=Path, default=None, help="markdown file with a reading of the results, put in the report")
+    parser.add_argument("--reading", type=Path, default=None, help="markdown file with a reading of the results, put in the report (keep it in docs/)")
     for name, kind in _OVERRIDABLE:
         parser.add_argument(f"--{name}", type=kind, default=None, help="override the protocol's value")
     return parser
@@ -810,14 +829,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_suite(suite, args.methods, args.ablations)
         else:
             _check_or_write_settings(suite)
+        cells = {phase: _read_cells(suite, phase) for phase in ("tune", "main", "ablation")}
+        chosen = {p.stem: _read_json(p)["chosen"] for p in sorted((out / "tuning").glob("*.json"))}
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
-    cells = {phase: _read_cells(out, phase) for phase in ("tune", "main", "ablation")}
     if not cells["main"]:
         sys.stderr.write(f"error: no finished main cells in {out}\n")
         return 2
-    chosen = {p.stem: json.loads(p.read_text())["chosen"] for p in sorted((out / "tuning").glob("*.json"))}
     summary = aggregate(cells["main"], cells["ablation"], folds=protocol.folds)
     summary["tuning"] = chosen
     write_results(out, summary, [c for phase in cells.values() for c in phase])

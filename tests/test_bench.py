@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -170,3 +171,21 @@ def test_aggregation_without_partners_leaves_the_difference_empty():
     assert summary["methods"]["bcl"]["vs_ce"]["n"] == 0 and summary["methods"]["bcl"]["vs_ce"]["mean"] is None
     assert summary["methods"]["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
     assert summary["reference"]["best_ce"] == "ce"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda cells: (cells / "main" / "ce__r0__f0.json").write_text("{not json"), "is damaged"),
+    (lambda cells: shutil.copy(cells / "main" / "ce__r0__f0.json", cells / "main" / "ce__r5__f0.json"),
+     "is not a main cell of this suite"),
+    (lambda cells: (cells / "main" / "ce__r0__f1.json").write_text(json.dumps(
+        {**json.loads((cells / "main" / "ce__r0__f1.json").read_text()), "protocol": {"image_size": 128}})),
+     "copied from another suite"),
+])
+def test_damaged_or_foreign_cells_are_refused_naming_the_file(tiny_root, finished, tmp_path, capsys, damage, message):
+    out, _ = finished
+    copy = tmp_path / "suite"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs"))
+    damage(copy / "cells")
+    assert main(["--root", str(tiny_root), "--out", str(copy), *TINY, "--aggregate-only"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(copy / "cells" / "main") in err and "Traceback" not in err
