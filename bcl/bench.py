@@ -716,8 +716,9 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
         "hand: rerun the command (finished cells are kept) to regenerate.",
         "",
         f"**Protocol `{p['name']}`**: {p['encoder']} from scratch (no pretrained weights), {p['image_size']} px, "
-        f"{p['epochs']} epochs for every trained model ({p['probe_epochs']} for linear probes on a frozen stage-1 "
-        f"encoder), batch {p['batch_size']}; stratified {p['folds']}-fold cross-validation repeated {p['repeats']} "
+        f"a budget of {p['epochs']} epochs for every trained model, scaled only where a method's tuning chose a "
+        f"longer schedule (below), {p['probe_epochs']} for linear probes on a frozen stage-1 encoder; batch "
+        f"{p['batch_size']}; stratified {p['folds']}-fold cross-validation repeated {p['repeats']} "
         f"times with different fold assignments (split seeds {p['split_seed']}..{p['split_seed'] + p['repeats'] - 1}) "
         f"over all {_num_images(cells['main'])} images of the category (train and test pooled, the natural long "
         f"tail); the same cells for every method; {selection}. Each method's settings were chosen on "
