@@ -354,9 +354,9 @@ def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = (
     dataset = MVTecAD(suite.root, category=suite.category, image_size=suite.protocol.image_size)
     suite.class_names = dataset.class_names
     p = suite.protocol
-    for repeat in range(p.repeats):  # a fold count too large for the smallest class fails here, not mid-suite
-        folds = stratified_kfold(dataset, n_splits=p.folds, seed=p.split_seed + repeat)
-    stratified_kfold(np.asarray(dataset.targets)[folds[0].train_idx], n_splits=p.inner_folds, seed=p.split_seed)
+    # Fold counts too large for the smallest class fail here, not mid-suite; tuning splits repeat 0, fold 0.
+    first = [stratified_kfold(dataset, n_splits=p.folds, seed=p.split_seed + r) for r in range(p.repeats)][0][0]
+    stratified_kfold(np.asarray(dataset.targets)[first.train_idx], n_splits=p.inner_folds, seed=p.split_seed)
     _check_or_write_settings(suite)
     order = _with_prerequisites([*methods, *(ABLATIONS[a].method for a in ablations)])
     chosen = tune(suite, order)

@@ -58,17 +58,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.fixture
-def hub_dir(monkeypatch, tmp_path) -> Path:
-    """An empty torch hub cache under tmp_path (via TORCH_HOME, undone after the test)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    # torch.hub.set_dir() would pin a process-wide value; clearing it lets TORCH_HOME decide.
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    hub = Path(torch.hub.get_dir())
-    assert hub == tmp_path / "torch_home" / "hub"
-    return hub
-
-
 # --------------------------------------------------------------------------- encoders
 
 

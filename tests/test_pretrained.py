@@ -98,16 +98,6 @@ def serve_as_imagenet(monkeypatch, url: str) -> None:
     monkeypatch.setattr(encoders, "_imagenet_url", lambda name, weights="imagenet": (url, "IMAGENET1K_V1"))
 
 
-@pytest.fixture
-def hub_dir(monkeypatch, tmp_path) -> Path:
-    """An empty torch hub cache under tmp_path (via TORCH_HOME, undone after the test)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    hub = Path(torch.hub.get_dir())
-    assert hub == tmp_path / "torch_home" / "hub"
-    return hub
-
-
 def cache_listing(hub: Path) -> list:
     folder = hub / "checkpoints"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

@@ -208,9 +208,7 @@ def test_a_class_without_training_images_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "tiny").exists()  # a bad setting leaves no half-made run folder
 
 
-def test_imagenet_configs_fail_fast_with_downloads_off_and_no_cached_weights(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+def test_imagenet_configs_fail_fast_with_downloads_off_and_no_cached_weights(tmp_path, capsys, hub_dir):
     start = time.monotonic()
     argv = ["--config", str(ROOT / "configs" / "coursework_r18_32px_50ep.yaml"), "data.dataset=synthetic",
             f"run.output_dir={tmp_path}", "model.allow_download=false"]  # never the network, even where there is one
