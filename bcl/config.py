@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,8 @@ class DataConfig:
     dataset: str = "synthetic"
     root: Optional[str] = None
     category: Optional[str] = "transistor"
+    layout: str = "auto"
+    class_names: Optional[List[str]] = None
     image_size: int = 64
     synthetic_counts: List[int] = field(default_factory=lambda: [273, 10, 10, 10, 10])
     synthetic_seed: int = 0
@@ -100,11 +103,21 @@ class DataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     randaugment: bool = False
     paste_per_class: int = 0
+    imbalance_factor: Optional[float] = None
+    augment: str = "crop"
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, ("synthetic", "mvtec"))
-        _choice("data.split", self.split, ("kfold", "holdout", "generated"))
+        _choice("data.dataset", self.dataset, ("synthetic", "mvtec", "folder"))
+        _choice("data.split", self.split, ("kfold", "holdout", "generated", "folders"))
+        _choice("data.layout", self.layout, ("auto", "flat", "train_test"))
+        _choice("data.augment", self.augment, ("crop", "cifar"))
+        if self.split == "folders" and self.dataset != "folder":
+            raise ConfigError(f"data.split=folders (train/ and test/ folders) needs data.dataset=folder, got {self.dataset!r}")
+        if self.class_names is not None and self.dataset != "folder":
+            raise ConfigError(f"data.class_names applies to data.dataset=folder only, got data.dataset={self.dataset!r}")
+        if self.imbalance_factor is not None and not (math.isfinite(self.imbalance_factor) and self.imbalance_factor >= 1):
+            raise ConfigError(f"data.imbalance_factor must be a finite number >= 1 (head / tail count), got {self.imbalance_factor}")
         if self.split == "generated":
             if self.dataset != "synthetic":
                 raise ConfigError(f"data.split=generated needs data.dataset=synthetic, got {self.dataset!r}")
@@ -133,6 +146,11 @@ class DataConfig:
             raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _positive("data.paste_per_class", self.paste_per_class, allow_zero=True)
+
+
+#: Encoder names (kept equal to ``bcl.models.encoders.ENCODER_NAMES``, which a test checks; listed here so
+#: that loading a config does not import torchvision).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet32")
 
 
 def _check_weights(weights: str, encoder: str, download_timeout_s: float) -> None:
@@ -171,7 +189,7 @@ class ModelConfig:
     prototypes: str = "classifier"
 
     def __post_init__(self) -> None:
-        _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
         _choice("model.prototypes", self.prototypes, ("classifier", "learned", "none"))
@@ -240,11 +258,24 @@ class OptimConfig:
     epochs: int = 30
     warmup_epochs: int = 2
     schedule: str = "cosine"
+    decay_epochs: List[int] = field(default_factory=list)
+    decay_factor: float = 0.1
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, ("sgd", "adam", "adamw"))
-        _choice("optim.schedule", self.schedule, ("cosine", "constant"))
+        _choice("optim.schedule", self.schedule, ("cosine", "constant", "step"))
+        if self.schedule == "step":
+            if not self.decay_epochs or list(self.decay_epochs) != sorted(set(self.decay_epochs)) or \
+                    not self.warmup_epochs <= self.decay_epochs[0] or self.decay_epochs[-1] >= self.epochs:
+                raise ConfigError(
+                    f"optim.decay_epochs must be increasing epochs in [optim.warmup_epochs={self.warmup_epochs}, "
+                    f"optim.epochs={self.epochs}) for optim.schedule=step, got {list(self.decay_epochs)}"
+                )
+            if not 0 < self.decay_factor < 1:
+                raise ConfigError(f"optim.decay_factor must be in (0, 1), got {self.decay_factor}")
+        elif self.decay_epochs:
+            raise ConfigError(f"optim.decay_epochs applies to optim.schedule=step only, got optim.schedule={self.schedule!r}")
         _positive("optim.lr", self.lr)
         if not 0 < self.backbone_lr_scale <= 1:
             raise ConfigError(f"optim.backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
@@ -387,7 +418,7 @@ class LinearModelConfig:
     finetune: bool = False
 
     def __post_init__(self) -> None:
-        _choice("model.encoder", self.encoder, ("resnet18", "resnet34", "resnet50"))
+        _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
 

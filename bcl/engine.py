@@ -24,11 +24,14 @@ from tqdm import tqdm
 from bcl.config import ConfigError, DataConfig, EvalConfig, OptimConfig, RunConfig, SamplerConfig
 from bcl.data import (
     ImageClassificationDataset,
+    ImageFolder,
+    ImageFolderError,
     MVTecAD,
     SyntheticTransistor,
     class_counts,
     eval_transform,
     fixed_ratio_subsample,
+    long_tail_subsample,
     paste_defects,
     seed_worker,
     stratified_kfold,
@@ -110,6 +113,18 @@ def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
             test.samples = [replace(sample, path=f"{sample.path}?seed={cfg.synthetic_test_seed}", split=_GENERATED_TEST)
                             for sample in test.samples]
             dataset = _concatenate(dataset, test)
+    elif cfg.dataset == "folder":
+        if not cfg.root:
+            raise ConfigError("data.dataset=folder needs data.root: a folder of <class>/<image> or train/ and test/ "
+                              "folders of them; e.g. data.root=$BCL_CIFAR10_ROOT")
+        try:
+            dataset = ImageFolder(cfg.root, image_size=cfg.image_size, layout=cfg.layout, class_names=cfg.class_names,
+                                  cache_dir=cfg.cache_dir)
+        except ImageFolderError as error:
+            raise ConfigError(f"data.root: {error}") from None
+        if cfg.split == "folders" and dataset.layout != "train_test":
+            raise ConfigError(f"data.split=folders needs train/ and test/ folders in data.root={cfg.root!r}, "
+                              "which has class folders only; use data.split=kfold or holdout")
     elif not cfg.root:
         raise ConfigError(
             "data.dataset=mvtec needs data.root: the MVTec AD root (with data.category) or one category "
@@ -146,6 +161,11 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
         if cfg.split == "holdout":
             train, val, test = stratified_split(dataset, val_fraction=cfg.val_fraction if validation else 0.0,
                                                 test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+        elif cfg.split == "folders":
+            source = np.array([sample.split for sample in dataset.samples])
+            pool, test = np.flatnonzero(source == "train"), np.flatnonzero(source == "test")
+            train, val = (train_val_split_within(pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+                          if validation else (pool, []))
         else:
             if cfg.split == "generated":
                 source = np.array([sample.split for sample in dataset.samples])
@@ -163,12 +183,28 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
                             np.asarray(test, dtype=np.int64))
     except ValueError as error:  # the splitters name the class that is too small
         raise ConfigError(f"data.split={cfg.split} cannot split this dataset: {error}") from None
+    if cfg.imbalance_factor is not None:
+        splits = _long_tail_training_part(dataset, splits, cfg)
     labels = np.asarray(dataset.targets)
     train_counts = class_counts(labels[splits.train], num_classes=len(dataset.class_names))
     empty = [dataset.class_names[k] for k, n in enumerate(train_counts) if n == 0]
     if empty:
         raise ConfigError(f"the split leaves classes {empty} without training images; change data.* split settings")
     return splits
+
+
+def _long_tail_training_part(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig) -> DataSplits:
+    """Keeps an exponential long-tailed subsample of the training part (class order = head first, seeded by
+    ``split_seed``); validation and test parts are untouched (balanced test sets stay balanced)."""
+    labels = np.asarray(dataset.targets)[splits.train]
+    try:
+        kept = long_tail_subsample(labels, cfg.imbalance_factor, seed=cfg.split_seed)
+    except ValueError as error:
+        raise ConfigError(f"data.imbalance_factor={cfg.imbalance_factor}: {error}") from None
+    counts = class_counts(labels[kept], num_classes=len(dataset.class_names))
+    logger.info("long-tailed training part (imbalance factor %g): %s", cfg.imbalance_factor,
+                dict(zip(dataset.class_names, counts.tolist())))
+    return DataSplits(splits.train[kept], splits.val, splits.test)
 
 
 def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig,
@@ -257,7 +293,7 @@ def build_optimizer(model: Union[nn.Module, Iterable[nn.Parameter]], cfg: OptimC
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
-    """Per-step linear warmup, then cosine decay to 0 (or constant); its state is saved in checkpoints."""
+    """Per-step linear warmup, then cosine decay to 0, constant, or step decay at ``decay_epochs``; saved in checkpoints."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total)
 
@@ -266,6 +302,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
             return (step + 1) / warmup
         if cfg.schedule == "constant":
             return 1.0
+        if cfg.schedule == "step":  # times decay_factor from the first step of each decay epoch on
+            return cfg.decay_factor ** sum(step >= epoch * steps_per_epoch for epoch in cfg.decay_epochs)
         progress_done = (step - warmup) / max(total - warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress_done, 1.0)))
 

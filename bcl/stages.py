@@ -485,7 +485,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     joint = cfg.loss.mode == "joint"
     views = bcl_train_transform(
         cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
-        crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment,
+        crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment, augment=cfg.data.augment,
     )
     world_size = get_world_size()
     contrastive = BalancedSupCon(
@@ -521,7 +521,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
 
 # Settings that decide which images are in which split: a stage-1 encoder must come from the same ones,
 # or its training images could sit in this run's test part.
-_SPLIT_KEYS = ("dataset", "root", "category", "synthetic_counts", "synthetic_seed", "synthetic_test_counts",
+_SPLIT_KEYS = ("dataset", "root", "category", "layout", "class_names", "imbalance_factor", "synthetic_counts", "synthetic_seed", "synthetic_test_counts",
                "synthetic_test_seed", "split", "n_folds", "fold",
                "inner_folds", "inner_fold", "test_fraction", "val_fraction", "split_seed")
 
@@ -556,7 +556,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
         loss = criterion.to(images.device)(model(images)["logits"], targets)
         return loss, {cfg.loss.name: loss}, loss
 
-    view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment)
+    view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment, cfg.data.augment)
     stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True,
                    label=f"stage 2 ({'linear probe' if frozen else 'fine-tune'}, {cfg.loss.name})", frozen_encoder=frozen)
     run = run or _open_run(cfg, config_stem, None)

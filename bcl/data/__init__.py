@@ -3,6 +3,7 @@
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.cifar_lt import CIFAR10LT, CIFAR100LT
 from bcl.data.contact_sheet import save_contact_sheet
+from bcl.data.folder import FOLDER_LAYOUTS, ImageFolder, ImageFolderError
 from bcl.data.image_io import ImageCache, ImageDecodeError, load_image, load_images, load_mask, load_masks
 from bcl.data.longtail import (
     class_counts,
@@ -32,6 +33,9 @@ __all__ = [
     "ImageClassificationDataset",
     "Sample",
     "MVTecAD",
+    "ImageFolder",
+    "ImageFolderError",
+    "FOLDER_LAYOUTS",
     "MVTecLayoutError",
     "MVTEC_CATEGORIES",
     "make_tiny_mvtec",

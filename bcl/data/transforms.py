@@ -55,15 +55,31 @@ def _to_normalised_float() -> List[Callable]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+#: ``crop``: random resized crop + flip (the default, for aligned defect photos); ``cifar``: the CIFAR-LT
+#: classifier view of the BCL lineage (see :func:`classifier_view`).
+AUGMENTS = ("crop", "cifar")
+
+# Cutout (DeVries & Taylor 2017) for CIFAR is one 16 x 16 square: a quarter of a 32 px image's area.
+CUTOUT_AREA = 0.25
+
+
 def classifier_view(
-    image_size: int, crop_scale: Tuple[float, float] = DEFAULT_CROP_SCALE, randaugment: bool = False
+    image_size: int, crop_scale: Tuple[float, float] = DEFAULT_CROP_SCALE, randaugment: bool = False,
+    augment: str = "crop",
 ) -> v2.Compose:
-    """The classifier (cross-entropy) view: random resized crop, horizontal flip, optional RandAugment.
+    """The classifier (cross-entropy) view.
+
+    ``augment="crop"``: random resized crop (``crop_scale``), horizontal flip, optional RandAugment.
+    ``augment="cifar"``: the CIFAR-LT recipe of LDAM / BCL-lineage code — a 4 px zero-padded random crop,
+    horizontal flip, AutoAugment with its CIFAR-10 policy, then Cutout of one square of a quarter of the
+    area set to black (torchvision's ``RandomErasing`` with ``p=1``; unlike the original Cutout the square
+    always lies wholly inside the image). ``crop_scale`` is not used there.
 
     Args:
         image_size: Output side in pixels.
         crop_scale: Range of the crop's share of the image area.
         randaugment: Add ``RandAugment`` (the paper uses it on ImageNet-LT / iNaturalist).
+        augment: ``crop`` or ``cifar``.
 
     Returns:
         A transform: uint8 ``[3, H, W]`` → float32 ``[3, image_size, image_size]``, ImageNet-normalised.
@@ -73,6 +89,17 @@ def classifier_view(
         >>> classifier_view(32)(torch.zeros(3, 40, 40, dtype=torch.uint8)).shape
         torch.Size([3, 32, 32])
     """
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {augment!r}")
+    if augment == "cifar":
+        size = _check_size(image_size)
+        return v2.Compose([
+            v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
+            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomErasing(p=1.0, scale=(CUTOUT_AREA, CUTOUT_AREA), ratio=(1.0, 1.0), value=0.0),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
     steps: List[Callable] = [
         v2.RandomResizedCrop(_check_size(image_size), scale=_check_crop_scale(crop_scale), antialias=True),
         v2.RandomHorizontalFlip(),
@@ -181,6 +208,7 @@ def bcl_train_transform(
     classifier_view_first: bool = True,
     crop_scale: Tuple[float, float] = DEFAULT_CROP_SCALE,
     randaugment: bool = False,
+    augment: str = "crop",
 ) -> MultiViewTransform:
     """The paper's training views: a classifier view followed by ``contrastive_views`` contrastive views.
 
@@ -192,6 +220,8 @@ def bcl_train_transform(
             (pure contrastive pre-training).
         crop_scale: Crop area range for every view.
         randaugment: Add RandAugment to every view.
+        augment: The classifier view's recipe (see :func:`classifier_view`); the contrastive views are
+            SimCLR-style either way, with ``crop_scale``.
 
     Example:
         >>> import torch
@@ -202,7 +232,7 @@ def bcl_train_transform(
         raise ValueError(f"contrastive_views must be an int >= 1, got {contrastive_views!r}")
     views: List[Callable] = []
     if classifier_view_first:
-        views.append(classifier_view(image_size, crop_scale, randaugment))
+        views.append(classifier_view(image_size, crop_scale, randaugment, augment))
     views += [contrastive_view(image_size, crop_scale, randaugment=randaugment) for _ in range(contrastive_views)]
     return MultiViewTransform(views)
 

@@ -31,6 +31,8 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 
+from .resnet_cifar import resnet32
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -46,7 +48,10 @@ __all__ = [
 ]
 
 #: Supported architectures and their pooled feature dimension.
-ENCODER_NAMES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+ENCODER_NAMES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32": 64}
+
+#: The CIFAR ResNets of :mod:`bcl.models.resnet_cifar`: built for 32 px, no torchvision counterpart, no ImageNet weights.
+CIFAR_ENCODERS = ("resnet32",)
 
 # Keys under which training checkpoints commonly nest the state dict, in order of preference.
 _NESTED_KEYS = ("state_dict", "model", "encoder")
@@ -80,7 +85,8 @@ class Encoder(nn.Module):
     """A torchvision ResNet without its classification layer.
 
     Args:
-        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``.
+        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision) or ``"resnet32"``
+            (the CIFAR ResNet-32 of :mod:`bcl.models.resnet_cifar`, 64-d features).
         small_image_stem: Replace the 7x7/stride-2 conv and the max-pool by a 3x3/stride-1 conv
             (CIFAR-style), so ~32 px inputs keep enough spatial resolution (total stride 8, not 32).
 
@@ -108,6 +114,11 @@ class Encoder(nn.Module):
         self.name = name
         self.feature_dim = ENCODER_NAMES[name]
         self.small_image_stem = bool(small_image_stem)
+        if name in CIFAR_ENCODERS:
+            # Already a 32 px network (3x3 stride-1 stem, no max-pool): the stem option does not apply.
+            self.small_image_stem = True
+            self.backbone: nn.Module = resnet32()
+            return
         backbone = getattr(torchvision.models, name)(weights=None)
         if self.small_image_stem:
             backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -237,6 +248,8 @@ def imagenet_weights_path(name: str, weights: str = "imagenet") -> Tuple[Path, s
         'IMAGENET1K_V1'
     """
     _check_name(name)
+    if name in CIFAR_ENCODERS:
+        raise ValueError(f"{name} is a 32 px CIFAR network with no ImageNet weights; use weights 'none' or a weights file")
     url, tag = _imagenet_url(name, weights)
     # torch.hub.load_state_dict_from_url names the cached file after the URL's last path component.
     filename = os.path.basename(urllib.parse.urlparse(url).path)
