@@ -55,6 +55,15 @@ def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
+def _reject_non_finite(section: str, config: Any) -> None:
+    """NaN and infinities pass every range check (``nan <= 0`` is false), so they are refused first."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        for number in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
+
+
 def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
     if value is None or (value < 0 if allow_zero else value <= 0):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -108,6 +117,7 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        _reject_non_finite("data", self)
         _choice("data.dataset", self.dataset, ("synthetic", "mvtec", "folder"))
         _choice("data.split", self.split, ("kfold", "holdout", "generated", "folders"))
         _choice("data.layout", self.layout, ("auto", "flat", "train_test"))
@@ -189,6 +199,7 @@ class ModelConfig:
     prototypes: str = "classifier"
 
     def __post_init__(self) -> None:
+        _reject_non_finite("model", self)
         _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
@@ -214,6 +225,7 @@ class ContrastiveLossConfig:
     contrastive_views: int = 2
 
     def __post_init__(self) -> None:
+        _reject_non_finite("loss", self)
         _choice("loss.name", self.name, ("bcl", "supcon"))
         _choice("loss.mode", self.mode, ("joint", "contrastive"))
         _positive("loss.temperature", self.temperature)
@@ -234,6 +246,7 @@ class ClassifierLossConfig:
     la_tau: float = 1.0
 
     def __post_init__(self) -> None:
+        _reject_non_finite("loss", self)
         _choice("loss.name", self.name, ("ce", "weighted_ce", "focal", "logit_adjusted"))
         _positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
         if not 0 <= self.cb_beta < 1:
@@ -263,6 +276,7 @@ class OptimConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        _reject_non_finite("optim", self)
         _choice("optim.name", self.name, ("sgd", "adam", "adamw"))
         _choice("optim.schedule", self.schedule, ("cosine", "constant", "step"))
         if self.schedule == "step":
@@ -294,6 +308,7 @@ class SamplerConfig:
     q: float = 0.0
 
     def __post_init__(self) -> None:
+        _reject_non_finite("sampler", self)
         _choice("sampler.kind", self.kind, ("instance", "class_aware"))
         if not 0 <= self.q <= 1:
             raise ConfigError(f"sampler.q must be in [0, 1], got {self.q}")
@@ -317,6 +332,7 @@ class EvalConfig:
     thumbnail_size: int = 48
 
     def __post_init__(self) -> None:
+        _reject_non_finite("eval", self)
         _choice("eval.selection", self.selection, ("last", "val"))
         _positive("eval.knn_k", self.knn_k)
         _positive("eval.knn_temperature", self.knn_temperature)
@@ -339,6 +355,7 @@ class TrainConfig:
     dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        _reject_non_finite("train", self)
         # YAML 1.1 reads a bare `off` as false; accept it rather than make users quote it.
         if self.amp in ("False", "false", False):
             self.amp = "off"
@@ -353,7 +370,9 @@ class RunConfig:
     ``name`` defaults to the config file's stem plus a UTC timestamp. An existing run folder is never
     reused silently: pass ``--resume`` to continue it or ``run.overwrite=true`` to move it aside.
     ``stop_after_epochs`` ends this session after that many epochs (a time-sliced or preemptible
-    job); ``--resume`` continues it.
+    job); ``--resume`` continues it. ``checkpoints/last.pt`` (everything a resume needs) is written every
+    ``checkpoint_every`` epochs and at the end of each session; an interrupted run resumes from the
+    last one written and repeats the epochs after it.
     """
 
     output_dir: str = "runs"
@@ -362,11 +381,14 @@ class RunConfig:
     device: str = "auto"
     overwrite: bool = False
     stop_after_epochs: Optional[int] = None
+    checkpoint_every: int = 1
     progress: bool = True
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        _reject_non_finite("run", self)
         _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        _positive("run.checkpoint_every", self.checkpoint_every)
         if self.stop_after_epochs is not None:
             _positive("run.stop_after_epochs", self.stop_after_epochs)
 
@@ -406,6 +428,9 @@ class LinearModelConfig:
     the encoder is built from ``encoder`` with ``weights`` (``none``, ``imagenet``, ``imagenet:V1`` /
     ``imagenet:V2`` or a file; ``allow_download`` and ``download_timeout_s`` as in :class:`ModelConfig`).
     ``finetune``: false = linear probe (encoder frozen, in eval mode); true = end-to-end training.
+    A probe of a randomly initialised encoder (no ``stage1_checkpoint``, ``weights: none``, no
+    ``finetune``) is refused unless ``random_encoder`` asks for it: it is almost always a forgotten
+    checkpoint, and it would still print a results table.
     """
 
     stage1_checkpoint: Optional[str] = None
@@ -416,8 +441,10 @@ class LinearModelConfig:
     download_timeout_s: float = 30.0
     classifier: str = "linear"
     finetune: bool = False
+    random_encoder: bool = False
 
     def __post_init__(self) -> None:
+        _reject_non_finite("model", self)
         _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
         _choice("model.classifier", self.classifier, ("cosine", "linear"))
@@ -480,6 +507,8 @@ def load_config(schema: Type[T], path: Optional[os.PathLike] = None, overrides: 
     cfg = OmegaConf.structured(schema)
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {str(path)!r} is a folder; give a YAML file, e.g. configs/main_supcon.yaml")
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
         try:

@@ -12,7 +12,16 @@ One folder per run (DESIGN §5)::
 
 An existing run is never silently reused or overwritten: :meth:`RunDir.open` refuses a non-empty folder
 unless told to ``resume`` it (which needs ``checkpoints/last.pt``; a missing checkpoint is an error,
-never a silent fresh start) or to ``overwrite`` it (the old folder is moved aside, not deleted).
+never a silent fresh start) or to ``overwrite`` it (the old folder is moved aside, not deleted). The one
+exception is a folder whose run died before its first checkpoint (no ``checkpoints/*.pt``, no
+``metrics.json``, no live owner): it holds no result, so a new run under that name replaces it, with a
+warning.
+
+One writer per run folder: the process that opens a run holds an advisory lock on ``<run>/.lock``
+(``fcntl.flock``, which the operating system releases when the process dies, so a crashed owner never
+blocks a resume) and writes its pid, host and start time into it; a second process that opens the same
+run is refused with a message naming that pid. A new run's folder is built under a temporary name and
+renamed into place whole, so two runs started together under one name cannot both get it.
 
 Every file is written atomically (a temporary file in the same folder, flushed and fsynced, then
 :func:`os.replace` onto the final name), so a run killed while writing leaves the previous version
@@ -45,6 +54,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -54,6 +64,7 @@ import torch
 __all__ = [
     "RunDir",
     "RunExistsError",
+    "RunLockedError",
     "CheckpointError",
     "RUN_MODES",
     "atomic_write_text",
@@ -84,6 +95,10 @@ os.umask(_UMASK)
 
 class RunExistsError(FileExistsError):
     """A new run was asked for in a folder that already holds a run."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run folder's lock (two writers would mix their logs and checkpoints)."""
 
 
 class CheckpointError(RuntimeError):
@@ -129,11 +144,14 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
         # mkstemp creates the file 0600; give it the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError) and error.errno is not None and not error.filename:
+            # A full disk or a lost mount reports no file; say which one could not be written.
+            raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
         raise
     _fsync_dir(path.parent)
     return path
@@ -633,6 +651,105 @@ def _utc_stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs work, but two writers are not kept apart
+    fcntl = None
+
+LOCK_FILE = ".lock"
+# Run folders this process holds the lock of (resolved path -> open lock file): opening the same run
+# twice in one process (a resume after a fresh start in a notebook or a test) is the same owner.
+_HELD_LOCKS: Dict[Path, int] = {}
+
+
+def _lock_owner(lock_path: Path) -> str:
+    try:
+        owner = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"process {owner['pid']} on {owner['host']} (since {owner['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _acquire_lock(folder: Path) -> None:
+    """Takes ``<folder>/.lock`` for this process or raises :class:`RunLockedError` naming its owner."""
+    key = folder.resolve()
+    if key in _HELD_LOCKS or fcntl is None:
+        return
+    lock_path = folder / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RunLockedError(
+            f"run folder {folder} is in use by {_lock_owner(lock_path)}: one run folder takes one writer; "
+            f"wait for that run to end (or stop it), or choose another run.name"
+        ) from None
+    owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, owner.encode("utf-8") + b"\n", 0)
+    _HELD_LOCKS[key] = fd
+
+
+def release_lock(folder: PathLike) -> None:
+    """Gives up this process's lock on a run folder (a no-op if it holds none); process exit does it too."""
+    fd = _HELD_LOCKS.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Deletes the hidden ``.<name>.*.tmp`` files of writes a killed process never finished.
+
+    Only called with the folder's lock held, so no live writer owns them.
+    """
+    stale = [p for where in (folder, folder / "checkpoints") if where.is_dir()
+             for p in where.glob(".*.tmp") if p.is_file()]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d unfinished temporary file(s) left in %s by a killed run: %s", len(stale),
+                       folder, ", ".join(p.name for p in stale))
+
+
+def _holds_results(folder: Path) -> bool:
+    """Whether a run folder holds anything a new run must not replace: a checkpoint or final metrics.
+
+    Anything that is not a run folder (no ``config.yaml``) counts as holding something.
+    """
+    if not (folder / "config.yaml").is_file():
+        return True
+    return (folder / "metrics.json").exists() or any((folder / "checkpoints").glob("*.pt"))
+
+
+def _create_run_folder(path: Path) -> None:
+    """Builds the run skeleton under a temporary name, locked, and renames it onto ``path`` whole.
+
+    The rename succeeds onto a missing or empty folder only, so of two processes starting the same run
+    name at once exactly one gets it; the other gets :class:`RunExistsError`.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    (staging / "checkpoints").mkdir()
+    (staging / "tensorboard").mkdir()
+    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; give it what mkdir() would
+    _acquire_lock(staging)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        release_lock(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if path.is_dir() and path.resolve() not in _HELD_LOCKS:
+            _acquire_lock(path)  # a run that got there first and still runs: name its owner
+            release_lock(path)
+        raise RunExistsError(
+            f"run folder {path} already exists and is not empty. To continue that run, pass --resume; to "
+            f"replace it (the old folder is moved aside, not deleted), pass run.overwrite=true; or choose "
+            f"another run name"
+        ) from None
+    _HELD_LOCKS[path.resolve()] = _HELD_LOCKS.pop(staging.resolve())
+
+
 class RunDir:
     """One run's folder: config, checkpoints, TensorBoard events, JSON-lines log, metrics, environment.
 
@@ -660,22 +777,27 @@ class RunDir:
         return str(self._path)
 
     @classmethod
-    def open(cls, output_dir: PathLike, name: str, mode: str = "new") -> "RunDir":
-        """Creates, resumes or replaces the run folder ``<output_dir>/<name>``.
+    def open(cls, output_dir: PathLike, name: str, mode: str = "new", lock: bool = True) -> "RunDir":
+        """Creates, resumes or replaces the run folder ``<output_dir>/<name>`` and locks it for this process.
 
         Args:
             output_dir: Folder holding all runs (created if missing).
             name: The run's folder name (one path component).
-            mode: ``"new"``: create the folder; an existing non-empty folder is refused.
-                ``"resume"``: reopen a run, which must hold ``checkpoints/last.pt``.
+            mode: ``"new"``: create the folder; an existing non-empty folder is refused, unless its run
+                died before its first checkpoint (it is then replaced, with a warning).
+                ``"resume"``: reopen a run, which must hold ``checkpoints/last.pt``; unfinished temporary
+                files of a killed writer are removed.
                 ``"overwrite"``: move an existing folder aside to ``<name>.replaced-<UTC time>``
                 (nothing is deleted), then create it afresh.
+            lock: take the folder's lock (every caller except the non-main processes of a multi-process
+                run, which write nothing, should).
 
         Returns:
             The run folder, with ``checkpoints/`` and ``tensorboard/`` created.
 
         Raises:
-            RunExistsError: ``mode="new"`` and the folder already holds something.
+            RunExistsError: ``mode="new"`` and the folder already holds a run with results.
+            RunLockedError: Another live process holds the folder (the message names its pid).
             FileNotFoundError: ``mode="resume"`` and the folder or its ``checkpoints/last.pt`` is missing.
             ValueError: An unknown mode or a name that is not a single path component.
         """
@@ -696,31 +818,42 @@ class RunDir:
                     f"error, never a silent fresh start; to start this run again from scratch, replace "
                     f"the folder with run.overwrite=true"
                 )
+            if lock:
+                _acquire_lock(path)
+                _remove_stale_temporaries(path)
             logger.info("resuming run %s from %s", path, last)
+            return run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and lock and path.resolve() not in _HELD_LOCKS:
+            # An existing run folder: refused while another process owns it, whatever it holds.
+            _acquire_lock(path)
+            if mode == "new" and any(path.iterdir()) and not _holds_results(path):
+                logger.warning("run folder %s holds a run that stopped before its first checkpoint (no "
+                               "results): replacing it", path)
+                shutil.rmtree(path)
+            release_lock(path)
+        if mode == "overwrite" and (path.exists() or path.is_symlink()):
+            aside = path.with_name(f"{name}.replaced-{_utc_stamp()}")
+            suffix = 1
+            while aside.exists():  # two replacements within one second
+                suffix += 1
+                aside = path.with_name(f"{name}.replaced-{_utc_stamp()}-{suffix}")
+            os.replace(path, aside)
+            logger.warning("run.overwrite=true: moved the previous run %s aside to %s", path, aside)
+        if path.is_dir() and not any(p.name != LOCK_FILE for p in path.iterdir()):
+            # An empty folder (e.g. made by a scheduler for the job's output) holds no run to lose.
+            (path / LOCK_FILE).unlink(missing_ok=True)
+        if lock:
+            _create_run_folder(path)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if mode == "overwrite" and (path.exists() or path.is_symlink()):
-                aside = path.with_name(f"{name}.replaced-{_utc_stamp()}")
-                suffix = 1
-                while aside.exists():  # two replacements within one second
-                    suffix += 1
-                    aside = path.with_name(f"{name}.replaced-{_utc_stamp()}-{suffix}")
-                os.replace(path, aside)
-                logger.warning("run.overwrite=true: moved the previous run %s aside to %s", path, aside)
-            try:
-                path.mkdir()
-            except FileExistsError:
-                # An empty folder (e.g. made by a scheduler for the job's output) holds no run to lose.
-                if not path.is_dir() or any(path.iterdir()):
-                    raise RunExistsError(
-                        f"run folder {path} already exists and is not empty. To continue that run, "
-                        f"pass --resume; to replace it (the old folder is moved aside, not deleted), "
-                        f"pass run.overwrite=true; or choose another run name"
-                    ) from None
-            logger.info("new run folder %s", path)
-        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        run.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (path / "tensorboard").mkdir(exist_ok=True)
+        logger.info("new run folder %s", path)
         return run
+
+    def release(self) -> None:
+        """Gives up this process's lock on the folder (the run's process exiting does it too)."""
+        release_lock(self._path)
 
     # Paths ------------------------------------------------------------------------------------------
 

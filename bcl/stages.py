@@ -36,6 +36,7 @@ from bcl.config import (
 from bcl.data import ImageClassificationDataset, bcl_train_transform, class_counts, classifier_view
 from bcl.engine import (
     DataSplits,
+    NonFiniteLossError,
     add_pasted_defects,
     build_dataset,
     build_optimizer,
@@ -64,11 +65,27 @@ from bcl.distributed import (
 from bcl.runs import RunDir, atomic_write_text, read_jsonl, rng_state, set_rng_state
 from bcl.tensorboard import TensorBoardLogger, select_projector_indices
 
-__all__ = ["StageResult", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder"]
+__all__ = ["StageResult", "RunInterrupted", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder"]
 
 logger = logging.getLogger(__name__)
 
 STAGE1, STAGE2 = "supcon", "linear"
+# Which script trains which stage, for messages that tell a user what to run.
+_SCRIPTS = {STAGE1: "train_supcon.py", STAGE2: "train_linear.py"}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM; the run folder holds its last complete epoch.
+
+    Attributes: ``run_dir`` (the folder), ``saved_epoch`` (the epoch ``checkpoints/last.pt`` holds, 0 if
+    none), ``epochs`` (the budget), ``script`` (what resumes it) and ``signal_name`` (``SIGINT`` or
+    ``SIGTERM``).
+    """
+
+    def __init__(self, run_dir: Path, saved_epoch: int, epochs: int, script: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.run_dir, self.saved_epoch, self.epochs, self.script = run_dir, saved_epoch, epochs, script
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -169,13 +186,14 @@ class _Stage:
     unused_parameters: bool = False  # DDP must expect parameters without gradients (an idle classifier)
     frozen_encoder: bool = False  # the training part's features never change: extract them once
     reference: Optional[Dict[str, torch.Tensor]] = None  # those features, once extracted
+    saved_epoch: int = 0  # the epoch checkpoints/last.pt holds, for the interrupt message
 
 
 def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
-    """Opens the run folder; with several processes the main one creates it and the others follow."""
+    """Opens the run folder; with several processes the main one creates and locks it, the others follow."""
     if resume:
         path = Path(resume)
-        return RunDir.open(path.parent, path.name, mode="resume")
+        return RunDir.open(path.parent, path.name, mode="resume", lock=is_main_process())
     if not is_main_process():
         name, failure = broadcast_object(None)
         if failure:
@@ -184,7 +202,7 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
     name = cfg.run.name or f"{config_stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     try:
         run = RunDir.open(cfg.run.output_dir, name, mode="overwrite" if cfg.run.overwrite else "new")
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         broadcast_object((name, str(error)))  # the other ranks stop too instead of waiting for rank 0
         raise
     broadcast_object((name, None))
@@ -201,7 +219,14 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> t
     _check_launch_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
     if run is not None:
-        cfg = config_from_dict(schema, run.load_checkpoint("last.pt")["config"])
+        checkpoint = run.load_checkpoint("last.pt")
+        stage = STAGE1 if schema is SupConConfig else STAGE2
+        saved_stage = checkpoint.get("stage") if isinstance(checkpoint, dict) else None
+        if saved_stage != stage:
+            hint = f": resume it with {_SCRIPTS[saved_stage]}" if saved_stage in _SCRIPTS else ""
+            raise ConfigError(f"--resume {run.path}: its checkpoint holds a {saved_stage!r} stage run, not the "
+                              f"{stage!r} stage {_SCRIPTS[stage]} trains{hint}")
+        cfg = config_from_dict(schema, checkpoint["config"])
         _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     return cfg, run
@@ -242,6 +267,24 @@ def _autocast(cfg: Any, device: torch.device):
 
 
 def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
+    """Trains and evaluates one stage in ``run``; Ctrl-C or SIGTERM ends it as :class:`RunInterrupted`.
+
+    An interrupt abandons the current step: every file is written atomically, so the folder keeps the
+    last complete checkpoint, and the interrupted write's temporary file is removed on the way out.
+    """
+    try:
+        return _train_loop(stage, run, resume)
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as interrupt:
+        signal_name = str(interrupt.args[0]) if interrupt.args else "SIGINT"  # the CLI's SIGTERM handler names it
+        raise RunInterrupted(run.path, stage.saved_epoch, stage.cfg.optim.epochs, _SCRIPTS[stage.name],
+                             signal_name) from None
+    finally:
+        run.release()
+
+
+def _train_loop(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     cfg, model, dataset, splits = stage.cfg, stage.model, stage.dataset, stage.splits
     rank, world_size, main = get_rank(), get_world_size(), is_main_process()
     device = resolve_device(cfg.run.device)
@@ -267,6 +310,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
+    earlier_wall_time = 0.0  # seconds of training before this session, so a resumed run reports its total
     if resume:
         checkpoint = run.load_checkpoint("last.pt")
         if checkpoint.get("stage") != stage.name:
@@ -277,6 +321,8 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
+        stage.saved_epoch = start_epoch
+        earlier_wall_time = float(checkpoint.get("wall_time_s") or 0.0)
         set_rng_state(checkpoint["rng"])
         saved_world = checkpoint.get("world_size", 1)
         if saved_world != world_size:
@@ -346,12 +392,15 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
             run.append_log(record)
             board.scalars(_scalar_groups(record, constant_lr=cfg.optim.schedule == "constant" and not cfg.optim.warmup_epochs),
                           step=epoch + 1)
-            run.save_checkpoint({
-                "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "best": best, "config": config_dict, "rng": rng_state(), "world_size": world_size,
-            }, "last.pt")
+            if (epoch + 1) % cfg.run.checkpoint_every == 0 or epoch + 1 == stop_at:
+                run.save_checkpoint({
+                    "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "best": best, "config": config_dict, "rng": rng_state(), "world_size": world_size,
+                    "wall_time_s": earlier_wall_time + time.perf_counter() - started,
+                }, "last.pt")
+                stage.saved_epoch = epoch + 1
             session_epochs = epoch + 1 - start_epoch
             elapsed = time.perf_counter() - started
             left = (stop_at - epoch - 1) * elapsed / session_epochs
@@ -370,7 +419,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         return StageResult(run.path, None, completed)
 
     metrics = _finish(stage, run, board, train_counts, best, device)
-    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    metrics["wall_time_s"] = round(earlier_wall_time + time.perf_counter() - started, 2)
     metrics["world_size"] = world_size
     run.write_metrics(metrics)
     board.close()
@@ -426,6 +475,13 @@ def _finish(stage: _Stage, run: RunDir, board: TensorBoardLogger, train_counts: 
     image_size = cfg.data.image_size
     outputs = {name: extract(model, dataset.subset(positions), image_size, device)
                for name, positions in splits.as_dict().items()}
+    for name, out in outputs.items():
+        for kind in ("features", "logits"):
+            if not bool(torch.isfinite(out[kind]).all()):
+                raise NonFiniteLossError(
+                    f"after {cfg.optim.epochs} epochs the model's {kind} on the {name} part are NaN or Inf: its "
+                    f"weights diverged although every training loss was finite; lower optim.lr (now {cfg.optim.lr})"
+                )
     reference = outputs["train"]  # the kNN memory is the training part's features, already extracted
     val = (evaluate(outputs["val"], reference, dataset.class_names, train_counts, cfg.eval, stage.classifier_metrics)
            if "val" in outputs else None)
@@ -488,8 +544,11 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
         crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment, augment=cfg.data.augment,
     )
     world_size = get_world_size()
+    # No input check in the loss: a diverged encoder's NaN features then reach check_finite, whose
+    # message names the term, epoch and step and suggests a lower learning rate.
     contrastive = BalancedSupCon(
-        temperature=cfg.loss.temperature, class_averaging=cfg.loss.name == "bcl", gather=world_size > 1
+        temperature=cfg.loss.temperature, class_averaging=cfg.loss.name == "bcl", gather=world_size > 1,
+        check_finite=False,
     )
     train_counts = class_counts(np.asarray(dataset.targets)[splits.train], num_classes=len(dataset.class_names))
     logit_adjusted = LogitAdjustedLoss(train_counts.tolist(), tau=cfg.loss.la_tau)
@@ -539,6 +598,14 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
     cfg, run = _start(LinearConfig, cfg, config_stem, resume)
+    if not (cfg.model.stage1_checkpoint or cfg.model.finetune or cfg.model.weights != "none"
+            or cfg.model.random_encoder):
+        raise ConfigError(
+            "model.stage1_checkpoint is not set: this linear probe (model.finetune=false, model.weights=none) "
+            "would train on a frozen, randomly initialised encoder. Pass model.stage1_checkpoint=<stage-1 "
+            "run>/checkpoints/last.pt, or model.finetune=true for a trained-from-scratch baseline, or "
+            "model.random_encoder=true if a random-feature probe is what you want"
+        )
     if cfg.model.stage1_checkpoint:
         encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)
         _check_same_split(cfg, stage1_cfg, cfg.model.stage1_checkpoint)

@@ -196,14 +196,14 @@ def test_stage2_refuses_a_stage1_encoder_trained_on_another_split(tmp_path, caps
 
 
 def test_missing_dataset_path_fails_before_training(tmp_path, capsys):
-    linear(tmp_path, "nodata", "data.dataset=mvtec", f"data.root={tmp_path / 'nowhere'}", expect=2)
+    linear(tmp_path, "nodata", "model.finetune=true", "data.dataset=mvtec", f"data.root={tmp_path / 'nowhere'}", expect=2)
     assert "nowhere" in capsys.readouterr().err
-    linear(tmp_path, "noroot", "data.dataset=mvtec", expect=2)
+    linear(tmp_path, "noroot", "model.finetune=true", "data.dataset=mvtec", expect=2)
     assert "data.root" in capsys.readouterr().err
 
 
 def test_a_class_without_training_images_is_an_error(tmp_path, capsys):
-    linear(tmp_path, "tiny", "data.synthetic_counts=[16,6,6,6,0]", expect=2)
+    linear(tmp_path, "tiny", "model.finetune=true", "data.synthetic_counts=[16,6,6,6,0]", expect=2)
     assert "misplaced" in capsys.readouterr().err
     assert not (tmp_path / "tiny").exists()  # a bad setting leaves no half-made run folder
 

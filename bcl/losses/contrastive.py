@@ -43,7 +43,9 @@ def _views_and_labels(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor,
         features = features.unsqueeze(1)
     elif features.dim() != 3:
         raise ValueError(f"features must have shape {_FEATURE_FORMS}; got shape {list(features.shape)}")
-    batch, views, _ = features.shape
+    batch, views, dim = features.shape
+    if views == 0 or dim == 0:
+        raise ValueError(f"features must have at least one view and one dimension; got shape {list(features.shape)}")
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(
             f"labels must have shape [B] = [{batch}] to match features of shape {list(features.shape)} "
@@ -239,6 +241,11 @@ def supcon_loss(
     if labels is None:
         if not isinstance(features, Tensor):
             raise TypeError(f"features must be a torch.Tensor of shape {_FEATURE_FORMS}")
+        if features.dim() != 3 or features.shape[1] < 2:
+            raise ValueError(
+                f"supcon_loss without labels (SimCLR) needs features [B, V, D] with V >= 2 views: the positives "
+                f"of a view are the other views of its image; got shape {list(features.shape)}"
+            )
         # Instance ids must stay distinct across processes when the batch is gathered.
         offset = get_rank() * features.shape[0] if gather else 0
         labels = torch.arange(offset, offset + features.shape[0], device=features.device)

@@ -56,9 +56,12 @@ def _check_logits_targets(logits: Tensor, targets: Tensor, num_classes: Optional
     return targets
 
 
-def _check_reduction(reduction: str) -> str:
+def _check_reduction(reduction: str, logits: Optional[Tensor] = None) -> str:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reduction == "mean" and logits is not None and logits.shape[0] == 0:
+        # The mean over no samples has no value (F.cross_entropy gives NaN); sum (0) and none (empty) do.
+        raise ValueError(f"logits is an empty batch (shape {list(logits.shape)}): reduction='mean' is undefined")
     return reduction
 
 
@@ -133,7 +136,7 @@ def logit_adjusted_loss(
     """
     targets = _check_logits_targets(logits, targets, log_priors.shape[-1])
     adjusted = logits.float() + tau * log_priors.to(device=logits.device, dtype=torch.float32)
-    return F.cross_entropy(adjusted, targets, reduction=_check_reduction(reduction))
+    return F.cross_entropy(adjusted, targets, reduction=_check_reduction(reduction, logits))
 
 
 def focal_loss(
@@ -165,7 +168,7 @@ def focal_loss(
         0.8259
     """
     targets = _check_logits_targets(logits, targets)
-    reduction = _check_reduction(reduction)
+    reduction = _check_reduction(reduction, logits)
     log_p = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
     loss = -((1.0 - log_p.exp()).clamp_min(0.0) ** gamma) * log_p
     weight = None
@@ -179,7 +182,7 @@ def focal_loss(
         return loss
     if reduction == "sum":
         return loss.sum()
-    return loss.sum() / (weight.sum() if weight is not None else max(len(loss), 1))
+    return loss.sum() / (weight.sum() if weight is not None else len(loss))
 
 
 def _check_nonnegative(name: str, value: float) -> float:
