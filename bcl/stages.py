@@ -530,6 +530,28 @@ def _log_projector(board: TensorBoardLogger, stage: _Stage, outputs: Dict[str, D
 # ------------------------------------------------------------------------------------------------
 
 
+def stage1_objective(out: Dict[str, torch.Tensor], targets: torch.Tensor, contrastive: nn.Module,
+                     logit_adjusted: nn.Module, alpha: float, beta: float, joint: bool) -> tuple:
+    """Stage 1's loss on one batch: ``alpha · LA-CE(view 0) + beta · contrastive(views 1..)`` (or the
+    contrastive term alone on every view when not ``joint``).
+
+    Args:
+        out: the model's outputs for ``[B, V, 3, H, W]`` images: ``projections`` ``[B, V, D]``, ``logits``
+            ``[B, V, C]`` and ``prototypes`` ``[C, D]`` (or None).
+        targets: ``[B]`` labels.
+        contrastive: a :class:`~bcl.losses.BalancedSupCon` (with ``gather=True`` under DDP it is already
+            scaled for DDP's gradient averaging; the per-process CE mean needs no scaling).
+
+    Returns:
+        ``(objective, {"contrastive": ..., "ce": ...})``, the objective ready for ``backward()``.
+    """
+    terms = {"contrastive": contrastive(out["projections"][:, 1 if joint else 0:], targets, out["prototypes"])}
+    if not joint:
+        return terms["contrastive"], terms
+    terms["ce"] = logit_adjusted(out["logits"][:, 0], targets)
+    return alpha * terms["ce"] + beta * terms["contrastive"], terms
+
+
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run = _start(SupConConfig, cfg, config_stem, resume)
@@ -554,17 +576,9 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     logit_adjusted = LogitAdjustedLoss(train_counts.tolist(), tau=cfg.loss.la_tau)
 
     def loss_fn(model, images, targets, epoch, step):
-        out = model(images)  # all views through the encoder at once: [B, V, ...]
-        first_contrastive = 1 if joint else 0
-        terms = {"contrastive": contrastive(out["projections"][:, first_contrastive:], targets, out["prototypes"])}
-        # The gathered loss gives each rank the global batch's feature gradients; DDP then averages
-        # over ranks, so the term is scaled by the world size to keep the gradient of the global loss.
-        contrastive_backward = terms["contrastive"] * world_size
-        if not joint:
-            return terms["contrastive"], terms, contrastive_backward
-        terms["ce"] = logit_adjusted.to(images.device)(out["logits"][:, 0], targets)
-        objective = cfg.loss.alpha * terms["ce"] + cfg.loss.beta * terms["contrastive"]
-        return objective, terms, cfg.loss.alpha * terms["ce"] + cfg.loss.beta * contrastive_backward
+        objective, terms = stage1_objective(model(images), targets, contrastive, logit_adjusted.to(images.device),
+                                            cfg.loss.alpha, cfg.loss.beta, joint)
+        return objective, terms, objective
 
     stage = _Stage(
         STAGE1, cfg, model, dataset, splits, views, loss_fn,

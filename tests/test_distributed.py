@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from bcl.losses import BalancedSupCon, SupConLoss
+from bcl.losses import BalancedSupCon, LogitAdjustedLoss, SupConLoss
+from bcl.stages import stage1_objective
 from process_launch import free_port, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,12 +70,14 @@ def test_gathered_loss_and_gradients_equal_the_single_process_combined_batch(tmp
         protos = prototypes.clone().requires_grad_(True)
         expected = loss_fn(full, labels, protos, False)
         expected.backward()
+        # Each rank's gradient is WORLD times the global loss's, so DDP's mean over ranks is exactly it.
         for rank, result in enumerate(ranks):
             torch.testing.assert_close(result[name]["loss"], expected.detach(), rtol=1e-12, atol=1e-12)
-            torch.testing.assert_close(result[name]["grad"], full.grad[4 * rank: 4 * rank + 4], rtol=1e-10, atol=1e-12)
-        # prototypes are appended once and identical on every rank: their gradient sums over ranks
+            torch.testing.assert_close(result[name]["grad"] / WORLD, full.grad[4 * rank: 4 * rank + 4],
+                                       rtol=1e-10, atol=1e-12)
+        # prototypes are appended once and identical on every rank: the mean of their gradients is the global one
         proto_grad = protos.grad if protos.grad is not None else torch.zeros_like(protos)
-        torch.testing.assert_close(ranks[0][name]["proto_grad"] + ranks[1][name]["proto_grad"], proto_grad,
+        torch.testing.assert_close((ranks[0][name]["proto_grad"] + ranks[1][name]["proto_grad"]) / WORLD, proto_grad,
                                    rtol=1e-10, atol=1e-12)
 
 
@@ -91,17 +93,16 @@ class TinyJointModel(nn.Module):
         self.classifier = nn.Linear(16, 4)
         self.prototypes = nn.Parameter(torch.randn(4, 8))
 
-    def forward(self, x):
+    def forward(self, x):  # the outputs BCLModel gives the stage objective
         h = self.encoder(x)
-        return self.projection(h), self.classifier(h[:, 0])
+        return {"projections": self.projection(h), "logits": self.classifier(h), "prototypes": self.prototypes}
 
 
-def joint_step_loss(model, x, y, world_size, gather):
-    """The stage-1 objective: CE on view 0 (local mean) + BCL gathered, scaled for DDP's averaging."""
-    projections, logits = model(x)
-    prototypes = model.module.prototypes if isinstance(model, nn.parallel.DistributedDataParallel) else model.prototypes
-    contrastive = BalancedSupCon(0.5, gather=gather)(projections, y, prototypes)
-    return F.cross_entropy(logits, y) + 0.5 * contrastive * world_size
+def joint_step_loss(model, x, y, gather):
+    """The library's own stage-1 objective, unscaled: the loss itself is DDP-correct."""
+    objective, _ = stage1_objective(model(x), y, BalancedSupCon(0.5, gather=gather),
+                                    LogitAdjustedLoss([2, 2, 3, 1]), alpha=1.0, beta=0.5, joint=True)
+    return objective
 
 
 def ddp_worker(rank: int, port: int, out: str) -> None:
@@ -112,7 +113,7 @@ def ddp_worker(rank: int, port: int, out: str) -> None:
     for step in range(3):
         x = features[4 * rank: 4 * rank + 4] + 0.1 * step
         optimizer.zero_grad()
-        joint_step_loss(model, x, labels[4 * rank: 4 * rank + 4], WORLD, True).backward()
+        joint_step_loss(model, x, labels[4 * rank: 4 * rank + 4], True).backward()
         optimizer.step()
     torch.save(model.module.state_dict(), f"{out}/ddp{rank}.pt")
     dist.destroy_process_group()
@@ -125,7 +126,7 @@ def test_ddp_parameters_after_steps_equal_a_single_process_run(tmp_path):
     features, labels, _ = global_batch()
     for step in range(3):
         optimizer.zero_grad()
-        joint_step_loss(model, features + 0.1 * step, labels, 1, False).backward()
+        joint_step_loss(model, features + 0.1 * step, labels, False).backward()
         optimizer.step()
     for rank in range(WORLD):
         trained = torch.load(tmp_path / f"ddp{rank}.pt")

@@ -90,10 +90,10 @@ def balanced_supcon_loss(
         gather: in multi-process training, contrast this process's anchors with the view embeddings
             of every process (gathered with gradients) plus the prototypes (identical on every rank,
             appended once); class counts come from the global batch. The returned value is the loss
-            of the concatenated global batch on every process, and the gradient with respect to this
-            process's features equals that of the global loss (prototype gradients are this process's
-            share: they sum over processes to the global one). Under DistributedDataParallel, which
-            averages gradients, back-propagate ``world_size * loss``. No effect in a single process.
+            of the concatenated global batch on every process; its gradient is scaled so that
+            DistributedDataParallel's averaging over processes gives exactly the single-process
+            gradient of the global loss (feature and prototype gradients on each process are
+            ``world_size`` times its share), so back-propagate it as is. No effect in a single process.
 
     Returns:
         Scalar loss: the mean of ``L_i`` over anchors with at least one positive; 0 (still attached
@@ -200,10 +200,12 @@ def balanced_supcon_loss(
         share = per_anchor.sum() / anchors_with_positives
         if not distributed:
             return share
-        # Every process reports the global loss; the gradient is that of its own share, and the
-        # gather's backward adds the other processes' shares for the rows this process owns.
+        # Every process reports the global loss. Its share's gradient (the gather's backward adds the
+        # other processes' shares for the rows this process owns) is scaled by the world size because
+        # DDP divides the summed gradients by it: the averaged gradient is then the global loss's.
         total = all_reduce_sum(share.detach().clone())
-        return share + (total - share.detach())
+        scaled = share * get_world_size()
+        return scaled + (total - scaled.detach())
 
 
 def supcon_loss(
