@@ -310,8 +310,25 @@ def test_mask_without_image(tiny):
     # A mask folder for a defect type that has no image folder at all.
     (cdir / "ground_truth" / "cut_lead" / "007_mask.png").unlink()
     _mask(cdir / "ground_truth" / "misplaced" / "000_mask.png", rows=3)
-    with pytest.raises(MVTecLayoutError, match=r"misplaced/000_mask\.png: mask without an image"):
+    with pytest.raises(MVTecLayoutError, match=r"misplaced/000_mask\.png: mask folder .*ground_truth/misplaced "
+                                              r"matches no defect folder test/misplaced"):
         MVTecAD(root, category="transistor")
+
+
+def test_litter_policy_masks_of_good_images_thumbnails_and_hidden_files_are_ignored_with_a_log_line(tiny, caplog):
+    root, cdir = tiny
+    clean = MVTecAD(root, category="transistor", image_size=32)
+    _mask(cdir / "ground_truth" / "good" / "000_mask.png", rows=0)  # test/good/000.png exists
+    (cdir / "test" / "good" / "Thumbs.db").write_bytes(b"\x00" * 16)
+    (cdir / "train" / "good" / ".DS_Store").write_bytes(b"\x00" * 16)
+    (cdir / "ground_truth" / "bent_lead" / "._000_mask.png").write_bytes(b"\x00" * 16)  # macOS resource fork
+    with caplog.at_level("INFO", logger="bcl.data.mvtec"):
+        littered = MVTecAD(root, category="transistor", image_size=32)
+    logged = caplog.text
+    assert "ground_truth/good: good images have no defect mask" in logged
+    assert "Thumbs.db" in logged and ".DS_Store" in logged and "._000_mask.png" in logged
+    assert [x.path for x in littered.samples] == [x.path for x in clean.samples]
+    assert [x.mask_path for x in littered.samples] == [x.mask_path for x in clean.samples]
 
 
 def test_misnamed_mask(tiny):

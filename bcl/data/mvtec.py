@@ -166,11 +166,11 @@ def _image_files(folder: Path) -> List[Path]:
     files = []
     for e in _list_dir(folder):
         if _is_hidden(e.name):
-            logger.debug("ignoring hidden entry %s", e.path)
+            logger.info("ignoring hidden entry %s", e.path)
         elif not e.is_file():
-            logger.debug("ignoring non-file entry %s", e.path)
+            logger.info("ignoring non-file entry %s", e.path)
         elif not is_image_file(e.name):
-            logger.debug("ignoring non-image file %s", e.path)
+            logger.info("ignoring non-image file %s (e.g. an OS thumbnail cache)", e.path)
         else:
             files.append(Path(e.path))
     return files
@@ -223,6 +223,10 @@ def _parse_layout(cdir: Path) -> Tuple[List[str], List[Sample], List[Tuple[str, 
     gt = cdir / "ground_truth"
     if gt.is_dir():
         for d in _subfolders(gt):
+            if d == "good":
+                # Some copies ship all-black masks for good images; a good image has no defect region.
+                logger.info("ignoring %s: good images have no defect mask", gt / d)
+                continue
             for f in _image_files(gt / d):
                 stem = f.stem
                 if stem.endswith("_mask") and len(stem) > len("_mask"):
@@ -256,7 +260,9 @@ def _parse_layout(cdir: Path) -> Tuple[List[str], List[Sample], List[Tuple[str, 
         if key not in used:
             d, stem = key
             for m in masks[key]:
-                problems.append((str(m), f"mask without an image: expected {cdir / 'test' / d / (stem + '.png')}"))
+                reason = (f"mask without an image: expected {cdir / 'test' / d / (stem + '.png')}" if d in defects else
+                          f"mask folder {gt / d} matches no defect folder test/{d} (defect types: {defects})")
+                problems.append((str(m), reason))
     return class_names, samples, problems
 
 
