@@ -56,8 +56,10 @@ def _sigterm_as_interrupt():
 def _error_line(error: BaseException) -> str:
     """One line for the user: the library's own message; the exception type only when it is not ours."""
     message = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
-        message = f"{message}: {error.filename}"
+    if isinstance(error, OSError) and error.strerror:  # "[Errno 28] ..." says nothing a user needs
+        message = error.strerror
+        if error.filename and str(error.filename) not in message:
+            message = f"{message}: {error.filename}"
     ours = type(error).__module__.startswith("bcl.") or isinstance(error, (OSError, ValueError))
     if ours:
         return f"error: {message}"

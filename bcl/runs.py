@@ -823,7 +823,11 @@ class RunDir:
                 _remove_stale_temporaries(path)
             logger.info("resuming run %s from %s", path, last)
             return run
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot create the runs folder {path.parent} (run.output_dir): "
+                                       f"{error.strerror}") from None
         if path.is_dir() and lock and path.resolve() not in _HELD_LOCKS:
             # An existing run folder: refused while another process owns it, whatever it holds.
             _acquire_lock(path)
