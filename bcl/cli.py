@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence, Type
 
 from bcl.config import config_to_yaml, load_config
 from bcl.distributed import cleanup, is_main_process
-from bcl.metrics import format_results_table
+from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
 from bcl.stages import RunInterrupted
 from bcl.tensorboard import tensorboard_hint
 
@@ -116,6 +116,7 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     if "stage1_run" in result.metrics and stage1_metrics.is_file():
         # Put the stage-1 model's own numbers on the same test part next to the probe's.
         rows = {"stage 1 test (own classifier)": json.loads(stage1_metrics.read_text())["test"], **rows}
-    sys.stdout.write("\n" + format_results_table(rows) + "\n")
+    columns = DEFAULT_TABLE_COLUMNS if result.metrics["class_names"][0] == GOOD_CLASS else LONG_TAIL_TABLE_COLUMNS
+    sys.stdout.write("\n" + format_results_table(rows, columns) + "\n")
     sys.stdout.write(f"\nRun folder: {result.run_dir}\n{tensorboard_hint(result.run_dir.parent)}\n")
     return 0

@@ -39,7 +39,7 @@ from bcl.data import (
     train_val_split_within,
 )
 from bcl.distributed import rank_seed
-from bcl.metrics import classification_metrics, knn_metrics
+from bcl.metrics import GOOD_CLASS, GOOD_CLASS_METRICS, classification_metrics, knn_metrics
 from bcl.samplers import ClassAwareSampler
 
 __all__ = [
@@ -370,4 +370,9 @@ def evaluate(
         reference["features"].numpy(), reference["labels"].numpy(), outputs["features"].numpy(), labels,
         class_names, k=eval_cfg.knn_k, temperature=eval_cfg.knn_temperature,
     ))
+    if class_names[0] != GOOD_CLASS:
+        # Head / tail recall and the good-vs-defect AUROC read class 0 as the good class; without one
+        # (CIFAR, a user's folders) they would be numbers about "airplane" under a misleading name.
+        for key in GOOD_CLASS_METRICS:
+            metrics.pop(key, None)
     return metrics

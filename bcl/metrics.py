@@ -34,6 +34,9 @@ __all__ = [
     "MANY_SHOT_MIN",
     "FEW_SHOT_MAX",
     "DEFAULT_TABLE_COLUMNS",
+    "LONG_TAIL_TABLE_COLUMNS",
+    "GOOD_CLASS",
+    "GOOD_CLASS_METRICS",
     "classification_metrics",
     "good_vs_defect_auroc",
     "knn_predict",
@@ -49,6 +52,20 @@ ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 MANY_SHOT_MIN = 100
 #: A class is few-shot with fewer than this many training images; medium-shot is 20..100 inclusive.
 FEW_SHOT_MAX = 20
+
+#: The class that the good-vs-defect metrics (and ``head_accuracy`` / ``tail_accuracy``) take as class 0.
+GOOD_CLASS = "good"
+GOOD_CLASS_METRICS: Tuple[str, ...] = ("head_accuracy", "tail_accuracy", "good_vs_defect_auroc", "knn_good_vs_defect_auroc")
+
+#: The console table for data without a good class (CIFAR-LT, image folders): the shot groups instead.
+LONG_TAIL_TABLE_COLUMNS: Tuple[str, ...] = (
+    "balanced_accuracy",
+    "macro_f1",
+    "many_shot_accuracy",
+    "medium_shot_accuracy",
+    "few_shot_accuracy",
+    "knn_balanced_accuracy",
+)
 
 DEFAULT_TABLE_COLUMNS: Tuple[str, ...] = (
     "balanced_accuracy",

@@ -34,7 +34,9 @@ Checkpoints are loaded with ``torch.load(weights_only=True)``, which unpickles n
 ``state_dict()`` of models, optimizers, LR schedulers and ``GradScaler``. :meth:`RunDir.save_checkpoint`
 checks this *before* writing (a TypeError naming the offending key), so a bad checkpoint fails at save
 time rather than hours later at resume. Numpy arrays and scalars are not allowed: convert them with
-:func:`checkpoint_safe`, and capture random number generator states with :func:`rng_state`.
+:func:`checkpoint_safe`. Random number generator states are not saved: the training loop reseeds every
+stream from ``(run.seed, epoch)`` at the start of each epoch, so a resumed run draws what the
+uninterrupted one drew.
 """
 
 from __future__ import annotations
@@ -47,13 +49,12 @@ import math
 import os
 import pickle
 import platform
-import random
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -73,8 +74,6 @@ __all__ = [
     "load_checkpoint_file",
     "check_checkpoint_safe",
     "checkpoint_safe",
-    "rng_state",
-    "set_rng_state",
     "to_jsonable",
     "read_jsonl",
     "git_info",
@@ -87,10 +86,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 RUN_MODES = ("new", "resume", "overwrite")
 LAST_CHECKPOINT = "last.pt"
-
-# Read once at import: os.umask can only be read by setting it, which is not thread-safe to do later.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RunExistsError(FileExistsError):
@@ -124,6 +119,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_temporary(path: Path) -> tuple:
+    """A new hidden ``.<name>.<random>.tmp`` beside ``path``, opened for writing with the permissions a
+    plain ``open()`` gives (the umask applies; ``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+
+
+def _interrupt_behind(error: BaseException) -> Optional[BaseException]:
+    """The KeyboardInterrupt that ``error`` was raised while handling, if any (or ``error`` itself)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
+
+
 def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
     """Calls ``write(binary_file)`` on a temporary file next to ``path``, then renames it onto ``path``.
 
@@ -134,21 +151,23 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Hidden and suffixed .tmp so a glob for "*.pt" or "*.json" never picks up a half-written file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    tmp, fd = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException as error:
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        interrupt = _interrupt_behind(error)
+        if interrupt is not None and interrupt is not error:
+            # Ctrl-C / SIGTERM landed inside torch.save, whose clean-up then failed on the half-written
+            # archive ("unexpected pos"): the interrupt is what happened, so that is what is raised.
+            raise interrupt from None
         if isinstance(error, OSError) and error.errno is not None and not error.filename:
             # A full disk or a lost mount reports no file; say which one could not be written.
             raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
@@ -285,8 +304,7 @@ def check_checkpoint_safe(obj: Any, name: str = "state") -> None:
         kind = f"{type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
         raise TypeError(
             f"{where} is a {kind}, which torch.load(weights_only=True) refuses; checkpoints may hold "
-            f"only {_ALLOWED_DESCRIPTION} (convert numpy with bcl.runs.checkpoint_safe, random states "
-            f"with bcl.runs.rng_state)"
+            f"only {_ALLOWED_DESCRIPTION} (convert numpy with bcl.runs.checkpoint_safe)"
         )
 
 
@@ -356,83 +374,6 @@ def load_checkpoint_file(
             f"{type(error).__name__}: {reason}); it may have been written by an interrupted copy, or "
             f"is not a torch checkpoint"
         ) from error
-
-
-# ----------------------------------------------------------------------------------------------------
-# Random number generator states
-# ----------------------------------------------------------------------------------------------------
-
-
-def rng_state() -> Dict[str, Any]:
-    """The global torch (CPU and CUDA), numpy and Python ``random`` states, in a ``weights_only``-safe form.
-
-    Numpy's state tuple holds a ``uint32`` array, which ``weights_only`` loading refuses; it is stored
-    as an int64 tensor and turned back by :func:`set_rng_state`. Per-object generators (a sampler's
-    ``numpy.random.Generator``, a DataLoader's ``torch.Generator``) are not global and must be saved by
-    their owners.
-
-    Returns:
-        ``{"python": {...}, "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor, ...]}``
-        (``"cuda"`` only when CUDA is available).
-
-    Example:
-        >>> state = rng_state()
-        >>> a = (random.random(), np.random.rand(), torch.rand(1).item())
-        >>> set_rng_state(state)
-        >>> (random.random(), np.random.rand(), torch.rand(1).item()) == a
-        True
-    """
-    py_version, py_internal, py_gauss_next = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_cached_gaussian = np.random.get_state(legacy=True)
-    state: Dict[str, Any] = {
-        "python": {"version": int(py_version), "internal": [int(x) for x in py_internal],
-                   "gauss_next": py_gauss_next},
-        "numpy": {
-            "kind": str(np_kind),
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_cached_gaussian),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restores the states captured by :func:`rng_state` (each stream continues exactly where it was).
-
-    Args:
-        state: A dict from :func:`rng_state`, possibly after a save/load round trip.
-
-    Raises:
-        KeyError: A stream is missing from ``state``.
-    """
-    py = state["python"]
-    gauss = py["gauss_next"]
-    random.setstate((int(py["version"]), tuple(int(x) for x in py["internal"]),
-                     None if gauss is None else float(gauss)))
-    npy = state["numpy"]
-    keys = npy["keys"]
-    keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-    np.random.set_state((npy["kind"], keys.astype(np.uint32), int(npy["pos"]), int(npy["has_gauss"]),
-                         float(npy["cached_gaussian"])))
-    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
-    cuda = state.get("cuda")
-    if cuda:
-        if not torch.cuda.is_available():
-            logger.warning("the checkpoint holds CUDA random states but CUDA is not available; ignored")
-        else:
-            count = torch.cuda.device_count()
-            if len(cuda) != count:
-                logger.warning(
-                    "the checkpoint holds CUDA random states for %d devices, this process sees %d; "
-                    "restoring the first %d", len(cuda), count, min(len(cuda), count)
-                )
-            for device, device_state in enumerate(cuda[:count]):
-                torch.cuda.set_rng_state(device_state.cpu().to(torch.uint8), device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -663,11 +604,27 @@ _HELD_LOCKS: Dict[Path, int] = {}
 
 
 def _lock_owner(lock_path: Path) -> str:
+    # The owner writes its record just after taking the lock, over an empty file (a clean release
+    # empties it) or the record of a killed owner: give it a moment before giving up.
+    for _ in range(40):
+        try:
+            owner = json.loads(lock_path.read_text(encoding="utf-8"))
+            if owner["host"] != socket.gethostname() or _alive(int(owner["pid"])):
+                return f"process {owner['pid']} on {owner['host']} (since {owner['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.025)
+    return "another process"
+
+
+def _alive(pid: int) -> bool:
     try:
-        owner = json.loads(lock_path.read_text(encoding="utf-8"))
-        return f"process {owner['pid']} on {owner['host']} (since {owner['started']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 def _acquire_lock(folder: Path) -> None:
@@ -696,6 +653,7 @@ def release_lock(folder: PathLike) -> None:
     """Gives up this process's lock on a run folder (a no-op if it holds none); process exit does it too."""
     fd = _HELD_LOCKS.pop(Path(folder).resolve(), None)
     if fd is not None:
+        os.ftruncate(fd, 0)  # no owner any more: a process refused in the next instant must not name this one
         os.close(fd)  # closing the descriptor releases the flock
 
 
@@ -729,10 +687,10 @@ def _create_run_folder(path: Path) -> None:
     The rename succeeds onto a missing or empty folder only, so of two processes starting the same run
     name at once exactly one gets it; the other gets :class:`RunExistsError`.
     """
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    staging = path.with_name(f".{path.name}.new-{secrets.token_hex(6)}")
+    staging.mkdir()  # mkdir, not tempfile.mkdtemp, so the umask (not 0700) sets its permissions
     (staging / "checkpoints").mkdir()
     (staging / "tensorboard").mkdir()
-    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; give it what mkdir() would
     _acquire_lock(staging)
     try:
         os.rename(staging, path)

@@ -62,7 +62,7 @@ from bcl.distributed import (
     init_distributed,
     is_main_process,
 )
-from bcl.runs import RunDir, atomic_write_text, read_jsonl, rng_state, set_rng_state
+from bcl.runs import RunDir, atomic_write_text, read_jsonl
 from bcl.tensorboard import TensorBoardLogger, select_projector_indices
 
 __all__ = ["StageResult", "RunInterrupted", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder"]
@@ -323,7 +323,6 @@ def _train_loop(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
         stage.saved_epoch = start_epoch
         earlier_wall_time = float(checkpoint.get("wall_time_s") or 0.0)
-        set_rng_state(checkpoint["rng"])
         saved_world = checkpoint.get("world_size", 1)
         if saved_world != world_size:
             logger.warning("resuming a run saved by %d process(es) with %d: training continues, but the data "
@@ -397,7 +396,7 @@ def _train_loop(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
                     "stage": stage.name, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
-                    "best": best, "config": config_dict, "rng": rng_state(), "world_size": world_size,
+                    "best": best, "config": config_dict, "world_size": world_size,
                     "wall_time_s": earlier_wall_time + time.perf_counter() - started,
                 }, "last.pt")
                 stage.saved_epoch = epoch + 1

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from bcl.config import ENCODERS, ConfigError, LinearConfig, OptimConfig, SupConConfig, load_config
+from bcl.metrics import GOOD_CLASS_METRICS
 from bcl.data import ImageDecodeError, ImageFolder, ImageFolderError, classifier_view
 from bcl.engine import build_dataset, build_scheduler, make_splits
 from bcl.models import build_encoder
@@ -275,4 +276,5 @@ def test_two_epoch_cifar_lt_runs_of_ce_and_bcl(tmp_path):
         assert result.metrics["split_sizes"]["test"] == 12
         test = result.metrics["test"]
         assert {"many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy"} <= set(test)
+        assert not set(GOOD_CLASS_METRICS) & set(test)  # no good class: no good-vs-defect numbers
         assert test["shot_groups"] == {"many": [], "medium": ["cat"], "few": ["dog", "frog"]}

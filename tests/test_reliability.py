@@ -21,7 +21,7 @@ import torch
 from bcl.cli import main
 from bcl.config import ConfigError, LinearConfig, SupConConfig, load_config
 from bcl.losses import FocalLoss, LogitAdjustedLoss, balanced_supcon_loss, supcon_loss
-from bcl.runs import RunDir, RunLockedError
+from bcl.runs import RunDir
 from bcl.stages import run_linear, run_supcon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,3 +301,19 @@ def test_losses_refuse_inputs_with_no_defined_answer():
             loss(empty_logits, empty_targets)
     assert FocalLoss(reduction="sum")(empty_logits, empty_targets).item() == 0.0
     assert LogitAdjustedLoss([5, 3, 1], reduction="none")(empty_logits, empty_targets).shape == (0,)
+
+
+def test_an_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
+    # torch.save's clean-up fails on the half-written archive ("unexpected pos") while the interrupt unwinds
+    from bcl.runs import _atomic_write
+
+    def write(handle):
+        handle.write(b"half an archive")
+        try:
+            raise KeyboardInterrupt("SIGTERM")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 112 vs 0")
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        _atomic_write(tmp_path / "last.pt", write)
+    assert list(tmp_path.iterdir()) == []
