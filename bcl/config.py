@@ -23,6 +23,25 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 from yaml import YAMLError
 
+from bcl.choices import (
+    AMP_MODES,
+    AUGMENTS,
+    CLASSIFIER_LOSSES,
+    CLASSIFIERS,
+    CONTRASTIVE_LOSSES,
+    CONTRASTIVE_MODES,
+    DATASETS,
+    DEVICES,
+    ENCODERS,
+    FOLDER_LAYOUTS,
+    OPTIMIZERS,
+    PROTOTYPE_MODES,
+    SAMPLERS,
+    SCHEDULES,
+    SELECTIONS,
+    SPLITS,
+)
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -118,10 +137,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("data", self)
-        _choice("data.dataset", self.dataset, ("synthetic", "mvtec", "folder"))
-        _choice("data.split", self.split, ("kfold", "holdout", "generated", "folders"))
-        _choice("data.layout", self.layout, ("auto", "flat", "train_test"))
-        _choice("data.augment", self.augment, ("crop", "cifar"))
+        _choice("data.dataset", self.dataset, DATASETS)
+        _choice("data.split", self.split, SPLITS)
+        _choice("data.layout", self.layout, FOLDER_LAYOUTS)
+        _choice("data.augment", self.augment, AUGMENTS)
         if self.split == "folders" and self.dataset != "folder":
             raise ConfigError(f"data.split=folders (train/ and test/ folders) needs data.dataset=folder, got {self.dataset!r}")
         if self.class_names is not None and self.dataset != "folder":
@@ -158,9 +177,6 @@ class DataConfig:
         _positive("data.paste_per_class", self.paste_per_class, allow_zero=True)
 
 
-#: Encoder names (kept equal to ``bcl.models.encoders.ENCODER_NAMES``, which a test checks; listed here so
-#: that loading a config does not import torchvision).
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet32")
 
 
 def _check_weights(weights: str, encoder: str, download_timeout_s: float) -> None:
@@ -202,8 +218,8 @@ class ModelConfig:
         _reject_non_finite("model", self)
         _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
-        _choice("model.classifier", self.classifier, ("cosine", "linear"))
-        _choice("model.prototypes", self.prototypes, ("classifier", "learned", "none"))
+        _choice("model.classifier", self.classifier, CLASSIFIERS)
+        _choice("model.prototypes", self.prototypes, PROTOTYPE_MODES)
         _positive("model.proj_dim", self.proj_dim)
 
 
@@ -226,8 +242,8 @@ class ContrastiveLossConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("loss", self)
-        _choice("loss.name", self.name, ("bcl", "supcon"))
-        _choice("loss.mode", self.mode, ("joint", "contrastive"))
+        _choice("loss.name", self.name, CONTRASTIVE_LOSSES)
+        _choice("loss.mode", self.mode, CONTRASTIVE_MODES)
         _positive("loss.temperature", self.temperature)
         _positive("loss.alpha", self.alpha, allow_zero=True)
         _positive("loss.beta", self.beta, allow_zero=True)
@@ -247,7 +263,7 @@ class ClassifierLossConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("loss", self)
-        _choice("loss.name", self.name, ("ce", "weighted_ce", "focal", "logit_adjusted"))
+        _choice("loss.name", self.name, CLASSIFIER_LOSSES)
         _positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
         if not 0 <= self.cb_beta < 1:
             raise ConfigError(f"loss.cb_beta must be in [0, 1), got {self.cb_beta}")
@@ -277,8 +293,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("optim", self)
-        _choice("optim.name", self.name, ("sgd", "adam", "adamw"))
-        _choice("optim.schedule", self.schedule, ("cosine", "constant", "step"))
+        _choice("optim.name", self.name, OPTIMIZERS)
+        _choice("optim.schedule", self.schedule, SCHEDULES)
         if self.schedule == "step":
             if not self.decay_epochs or list(self.decay_epochs) != sorted(set(self.decay_epochs)) or \
                     not self.warmup_epochs <= self.decay_epochs[0] or self.decay_epochs[-1] >= self.epochs:
@@ -309,7 +325,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("sampler", self)
-        _choice("sampler.kind", self.kind, ("instance", "class_aware"))
+        _choice("sampler.kind", self.kind, SAMPLERS)
         if not 0 <= self.q <= 1:
             raise ConfigError(f"sampler.q must be in [0, 1], got {self.q}")
 
@@ -333,7 +349,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("eval", self)
-        _choice("eval.selection", self.selection, ("last", "val"))
+        _choice("eval.selection", self.selection, SELECTIONS)
         _positive("eval.knn_k", self.knn_k)
         _positive("eval.knn_temperature", self.knn_temperature)
         _positive("eval.every", self.every)
@@ -359,7 +375,7 @@ class TrainConfig:
         # YAML 1.1 reads a bare `off` as false; accept it rather than make users quote it.
         if self.amp in ("False", "false", False):
             self.amp = "off"
-        _choice("train.amp", self.amp, ("off", "bf16", "fp16"))
+        _choice("train.amp", self.amp, AMP_MODES)
         _positive("train.dist_timeout_s", self.dist_timeout_s)
 
 
@@ -387,7 +403,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _reject_non_finite("run", self)
-        _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        _choice("run.device", self.device, DEVICES)
         _positive("run.checkpoint_every", self.checkpoint_every)
         if self.stop_after_epochs is not None:
             _positive("run.stop_after_epochs", self.stop_after_epochs)
@@ -447,7 +463,7 @@ class LinearModelConfig:
         _reject_non_finite("model", self)
         _choice("model.encoder", self.encoder, ENCODERS)
         _check_weights(self.weights, self.encoder, self.download_timeout_s)
-        _choice("model.classifier", self.classifier, ("cosine", "linear"))
+        _choice("model.classifier", self.classifier, CLASSIFIERS)
 
 
 @dataclass

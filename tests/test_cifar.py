@@ -14,12 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bcl.config import ENCODERS, ConfigError, LinearConfig, OptimConfig, SupConConfig, load_config
+from bcl.config import ConfigError, LinearConfig, OptimConfig, SupConConfig, load_config
 from bcl.metrics import GOOD_CLASS_METRICS
 from bcl.data import ImageDecodeError, ImageFolder, ImageFolderError, classifier_view
 from bcl.engine import build_dataset, build_scheduler, make_splits
 from bcl.models import build_encoder
-from bcl.models.encoders import ENCODER_NAMES
 from bcl.models.resnet_cifar import resnet32
 from bcl.stages import run_linear, run_supcon
 
@@ -239,10 +238,6 @@ def test_resnet32_has_no_imagenet_weights():
         build_encoder("resnet32", weights="imagenet")
     with pytest.raises(ConfigError, match="model.weights: resnet32 is a 32 px CIFAR network"):
         load_config(LinearConfig, overrides=["model.encoder=resnet32", "model.weights=imagenet"])
-
-
-def test_config_encoder_list_is_the_models_list():
-    assert set(ENCODERS) == set(ENCODER_NAMES)
 
 
 def test_cifar_classifier_view_pads_crops_and_cuts_out_a_quarter():

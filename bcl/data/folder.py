@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from bcl.choices import FOLDER_LAYOUTS
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.image_io import ImageCache, is_image_file, load_images, load_masks
 
@@ -41,8 +42,6 @@ __all__ = ["FOLDER_LAYOUTS", "ImageFolder", "ImageFolderError"]
 
 logger = logging.getLogger(__name__)
 
-#: ``auto`` | ``flat`` | ``train_test`` (see the module docstring).
-FOLDER_LAYOUTS = ("auto", "flat", "train_test")
 
 # Files operating systems drop into folders; matched case-insensitively.
 _OS_LITTER = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}

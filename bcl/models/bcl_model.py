@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from bcl.choices import CLASSIFIERS, PROTOTYPE_MODES
+
 from .encoders import WeightsSpec, build_encoder
 from .heads import NormedLinear, ProjectionHead, PrototypeHead
 
 __all__ = ["BCLModel", "build_model", "CLASSIFIERS", "PROTOTYPE_MODES"]
 
-CLASSIFIERS = ("cosine", "linear")
-PROTOTYPE_MODES = ("classifier", "learned", "none")
 
 
 class BCLModel(nn.Module):

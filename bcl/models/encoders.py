@@ -31,6 +31,8 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 
+from bcl.choices import ENCODERS
+
 from .resnet_cifar import resnet32
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,9 @@ __all__ = [
     "load_encoder_weights",
 ]
 
-#: Supported architectures and their pooled feature dimension.
-ENCODER_NAMES: Dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32": 64}
+_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32": 64}
+#: Supported architectures (:data:`bcl.choices.ENCODERS`) and their pooled feature dimension.
+ENCODER_NAMES: Dict[str, int] = {name: _FEATURE_DIMS[name] for name in ENCODERS}
 
 #: The CIFAR ResNets of :mod:`bcl.models.resnet_cifar`: built for 32 px, no torchvision counterpart, no ImageNet weights.
 CIFAR_ENCODERS = ("resnet32",)
