@@ -257,6 +257,7 @@ def test_cifar_classifier_view_pads_crops_and_cuts_out_a_quarter():
 # ------------------------------------------------------------------ a two-epoch CIFAR-LT run
 
 
+@pytest.mark.slow
 def test_two_epoch_cifar_lt_runs_of_ce_and_bcl(tmp_path):
     root = write_tree(tmp_path / "data", counts=(24, 24, 24), test_counts=(4, 4, 4), size=32)
     common = [f"data.root={root}", "data.imbalance_factor=4", "data.image_size=32", "optim.epochs=2",

@@ -18,6 +18,8 @@ from bcl.stages import stage1_objective
 from process_launch import free_port, launch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 WORLD = 2
 
 

@@ -48,6 +48,9 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 # ----------------------------------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.distributed  # Gloo process groups
+
+
 def _features(rank: int) -> torch.Tensor:
     return torch.randn(B, D, generator=torch.Generator().manual_seed(100 + rank), dtype=torch.float64)
 

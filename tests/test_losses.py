@@ -282,6 +282,7 @@ def test_label_dtype_does_not_matter(dtype):
     )
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_labels_on_another_device_than_features():
     features, labels = torch.randn(8, 2, 16, device="cuda"), torch.tensor([0, 1, 1, 2, 2, 2, 0, 1])

@@ -139,6 +139,7 @@ def test_compare_command_names_an_unfinished_run(tmp_path, capsys):
     assert "must look like LABEL=RUN_DIR" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_tiny_embedded_run_learns(tmp_path):
     """Breaks if a change silently stops training from learning: a few seconds of CE must beat chance clearly."""
     cfg = load_config(LinearConfig, overrides=[

@@ -208,6 +208,7 @@ def download_worker(rank: int, port: int, base_url: str, torch_home: str, out: s
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_two_ranks_download_once_and_share_failures(tmp_path):
     name, data = weights_file(TINY)
     torch_home = tmp_path / "torch_home"

@@ -25,6 +25,8 @@ from bcl.runs import RunDir
 from bcl.stages import run_linear, run_supcon
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # most tests here train or launch processes
 TINY = ["data.synthetic_counts=[16,6,6,6,6]", "data.image_size=32", "data.n_folds=2", "optim.warmup_epochs=1",
         "optim.batch_size=8", "eval.selection=last", "eval.knn_k=5", "eval.projector_per_class=0",
         "model.proj_dim=16", "run.progress=false", "run.tensorboard=false"]

@@ -23,6 +23,8 @@ from bcl.stages import run_linear, run_supcon
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 # 5 classes, 2 folds; 32 px without the small stem keeps a ResNet-18 step to a fraction of a second.
 TINY_DATA = ["data.synthetic_counts=[16,6,6,6,6]", "data.image_size=32", "data.n_folds=2", "data.val_fraction=0.2"]
 TINY = TINY_DATA + ["optim.epochs=2", "optim.warmup_epochs=1", "optim.batch_size=8",
