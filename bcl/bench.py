@@ -39,7 +39,7 @@ import torch
 import bcl
 from bcl.config import LinearConfig, SupConConfig, load_config
 from bcl.data import MVTecAD, stratified_kfold
-from bcl.runs import atomic_write_text
+from bcl.checkpoints import atomic_write_text
 
 __all__ = ["PROTOCOLS", "METHODS", "ABLATIONS", "Protocol", "Suite", "run_suite", "aggregate",
            "paired_difference", "main"]
@@ -623,7 +623,7 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repe
 
     from bcl.engine import extract
     from bcl.models import Encoder
-    from bcl.runs import load_checkpoint_file
+    from bcl.checkpoints import load_checkpoint_file
 
     available = [m for m in methods if _final_checkpoint(suite.run_dir("main", m, repeat, fold), suite.protocol).exists()]
     if not available:

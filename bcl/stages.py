@@ -62,7 +62,8 @@ from bcl.distributed import (
     init_distributed,
     is_main_process,
 )
-from bcl.runs import RunDir, atomic_write_text, read_jsonl
+from bcl.checkpoints import atomic_write_text
+from bcl.runs import RunDir, read_jsonl
 from bcl.tensorboard import TensorBoardLogger, select_projector_indices
 
 __all__ = ["StageResult", "RunInterrupted", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bcl._checks import as_label_array, is_int
-from bcl.runs import atomic_write_text
+from bcl.checkpoints import atomic_write_text
 
 __all__ = [
     "TensorBoardLogger",

@@ -130,7 +130,7 @@ _DURING_WRITE = textwrap.dedent("""
     # Delivers the signal to this very process halfway through writing the second last.pt.
     import os, signal, sys, time
     import torch
-    import bcl.runs
+    import bcl.checkpoints
     sig = getattr(signal, sys.argv[1])
     saves = {"n": 0}
     real_save = torch.save
@@ -142,7 +142,7 @@ _DURING_WRITE = textwrap.dedent("""
             os.kill(os.getpid(), sig)
             time.sleep(5)  # the handler interrupts this
         return real_save(obj, handle, *args, **kwargs)
-    bcl.runs.torch.save = save
+    bcl.checkpoints.torch.save = save
     from bcl.cli import main
     from bcl.config import SupConConfig
     from bcl.stages import run_supcon
@@ -246,7 +246,7 @@ def test_library_errors_reach_the_user_as_one_line_and_debug_shows_the_traceback
 def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
     import errno
 
-    from bcl.runs import atomic_write_text
+    from bcl.checkpoints import atomic_write_text
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -307,7 +307,7 @@ def test_losses_refuse_inputs_with_no_defined_answer():
 
 def test_an_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
     # torch.save's clean-up fails on the half-written archive ("unexpected pos") while the interrupt unwinds
-    from bcl.runs import _atomic_write
+    from bcl.checkpoints import _atomic_write
 
     def write(handle):
         handle.write(b"half an archive")

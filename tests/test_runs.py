@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import bcl.runs as runs
-from bcl.runs import (
-    CheckpointError,
-    RunDir,
-    RunExistsError,
-    atomic_torch_save,
-    atomic_write_text,
-    check_checkpoint_safe,
-    checkpoint_safe,
-    environment_info,
-    git_info,
-    read_jsonl,
-)
+import bcl.checkpoints as checkpoints
+from bcl.checkpoints import CheckpointError, atomic_torch_save, atomic_write_text, check_checkpoint_safe, checkpoint_safe
+from bcl.provenance import environment_info, git_info
+from bcl.runs import RunDir, RunExistsError, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +157,7 @@ def test_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs.os, "replace", fail)
+    monkeypatch.setattr(checkpoints.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
@@ -206,7 +197,7 @@ def test_a_checkpoint_with_objects_names_the_allowed_contents(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"counts": np.array([1, 2])}, path)  # written without bcl's check
     with pytest.raises(CheckpointError, match="weights_only=True.*refuses.*tensors, None, bool"):
-        runs.load_checkpoint_file(path)
+        checkpoints.load_checkpoint_file(path)
 
 
 def test_atomic_torch_save_helper(tmp_path):

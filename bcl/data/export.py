@@ -56,7 +56,7 @@ from bcl.data.image_io import _UINT16_MODES, _decode_rgb, _open_fully, _resize_r
 from bcl.data.mvtec import MVTecLayoutError, _parse_layout, _resolve_category
 from bcl.data.splits import stratified_kfold, stratified_split
 from bcl.data.synthetic import SyntheticTransistor
-from bcl.runs import atomic_write_text
+from bcl.checkpoints import atomic_write_text
 
 __all__ = ["FORMATS", "Instance", "mask_instances", "read_mask", "export", "save_export_sheet", "main"]
 
