@@ -110,10 +110,7 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         interrupt = _interrupt_behind(error)
         if interrupt is not None and interrupt is not error:
             # Ctrl-C / SIGTERM landed inside torch.save, whose clean-up then failed on the half-written

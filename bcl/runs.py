@@ -213,7 +213,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
-        return True
+        pass
     return True
 
 
@@ -295,7 +295,9 @@ def _create_run_folder(path: Path) -> None:
             f"replace it (the old folder is moved aside, not deleted), pass run.overwrite=true; or choose "
             f"another run name"
         ) from None
-    _HELD_LOCKS[path.resolve()] = _HELD_LOCKS.pop(staging.resolve())
+    fd = _HELD_LOCKS.pop(staging.resolve(), None)
+    if fd is not None:  # None where there is no flock (Windows)
+        _HELD_LOCKS[path.resolve()] = fd
 
 
 class RunDir:

@@ -79,14 +79,13 @@ class RunInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C or SIGTERM; the run folder holds its last complete epoch.
 
     Attributes: ``run_dir`` (the folder), ``saved_epoch`` (the epoch ``checkpoints/last.pt`` holds, 0 if
-    none), ``epochs`` (the budget), ``script`` (what resumes it) and ``signal_name`` (``SIGINT`` or
-    ``SIGTERM``).
+    none), ``epochs`` (the budget) and ``script`` (what resumes it); ``args[0]`` names the signal
+    (``SIGINT`` or ``SIGTERM``).
     """
 
     def __init__(self, run_dir: Path, saved_epoch: int, epochs: int, script: str, signal_name: str = "SIGINT") -> None:
         super().__init__(signal_name)
         self.run_dir, self.saved_epoch, self.epochs, self.script = run_dir, saved_epoch, epochs, script
-        self.signal_name = signal_name
 
 
 @dataclass
@@ -213,12 +212,14 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
 def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> tuple:
     """Joins the process group and checks the launch; a resumed run takes its saved config.
 
-    Returns ``(cfg, run)``: ``run`` is None for a new run, whose folder is made only once data and
-    model exist, so a bad setting leaves nothing behind.
+    Returns ``(cfg, run, checkpoint)``: ``run`` and ``checkpoint`` (its ``last.pt``, read once here and
+    handed to :func:`_train`) are None for a new run, whose folder is made only once data and model
+    exist, so a bad setting leaves nothing behind.
     """
     init_distributed(cfg.train.dist_timeout_s)
     _check_launch_settings(cfg)
     run = _open_run(cfg, config_stem, resume) if resume else None
+    checkpoint = None
     if run is not None:
         checkpoint = run.load_checkpoint("last.pt")
         stage = STAGE1 if schema is SupConConfig else STAGE2
@@ -230,7 +231,7 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> t
         cfg = config_from_dict(schema, checkpoint["config"])
         _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
-    return cfg, run
+    return cfg, run, checkpoint
 
 
 def _encoder(model_cfg: Any) -> Encoder:
@@ -267,14 +268,14 @@ def _autocast(cfg: Any, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
 
 
-def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
+def _train(stage: _Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]]) -> StageResult:
     """Trains and evaluates one stage in ``run``; Ctrl-C or SIGTERM ends it as :class:`RunInterrupted`.
 
     An interrupt abandons the current step: every file is written atomically, so the folder keeps the
     last complete checkpoint, and the interrupted write's temporary file is removed on the way out.
     """
     try:
-        return _train_loop(stage, run, resume)
+        return _train_loop(stage, run, checkpoint)
     except RunInterrupted:
         raise
     except KeyboardInterrupt as interrupt:
@@ -285,7 +286,7 @@ def _train(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
         run.release()
 
 
-def _train_loop(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
+def _train_loop(stage: _Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]]) -> StageResult:
     cfg, model, dataset, splits = stage.cfg, stage.model, stage.dataset, stage.splits
     rank, world_size, main = get_rank(), get_world_size(), is_main_process()
     device = resolve_device(cfg.run.device)
@@ -312,10 +313,7 @@ def _train_loop(stage: _Stage, run: RunDir, resume: bool) -> StageResult:
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
     start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
     earlier_wall_time = 0.0  # seconds of training before this session, so a resumed run reports its total
-    if resume:
-        checkpoint = run.load_checkpoint("last.pt")
-        if checkpoint.get("stage") != stage.name:
-            raise ConfigError(f"{run.path} holds a {checkpoint.get('stage')!r} run, not a {stage.name!r} run")
+    if checkpoint is not None:  # resuming (_start checked that it is this stage's)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -554,7 +552,7 @@ def stage1_objective(out: Dict[str, torch.Tensor], targets: torch.Tensor, contra
 
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
-    cfg, run = _start(SupConConfig, cfg, config_stem, resume)
+    cfg, run, checkpoint = _start(SupConConfig, cfg, config_stem, resume)
     dataset, splits = _data(cfg)
     model = BCLModel(
         _encoder(cfg.model), len(dataset.class_names), proj_dim=cfg.model.proj_dim,
@@ -585,7 +583,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
         selection="balanced_accuracy" if joint else "knn_balanced_accuracy", classifier_metrics=joint,
         label=f"stage 1 ({cfg.loss.name}, {cfg.loss.mode})", unused_parameters=not joint,
     )
-    return _train(stage, run or _open_run(cfg, config_stem, None), resume=bool(resume))
+    return _train(stage, run or _open_run(cfg, config_stem, None), checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -611,7 +609,7 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
 
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
-    cfg, run = _start(LinearConfig, cfg, config_stem, resume)
+    cfg, run, checkpoint = _start(LinearConfig, cfg, config_stem, resume)
     if not (cfg.model.stage1_checkpoint or cfg.model.finetune or cfg.model.weights != "none"
             or cfg.model.random_encoder):
         raise ConfigError(
@@ -641,7 +639,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
     stage = _Stage(STAGE2, cfg, model, dataset, splits, view, loss_fn, "balanced_accuracy", True,
                    label=f"stage 2 ({'linear probe' if frozen else 'fine-tune'}, {cfg.loss.name})", frozen_encoder=frozen)
     run = run or _open_run(cfg, config_stem, None)
-    result = _train(stage, run, resume=bool(resume))
+    result = _train(stage, run, checkpoint)
     if frozen and _state_digest(model.encoder) != encoder_digest:
         raise RuntimeError("the frozen encoder changed during the linear probe; this is a bug in bcl")
     if result.metrics is not None:

@@ -103,7 +103,7 @@ def concurrent(argv_a: Callable, argv_b: Callable, script: str = "train_supcon.p
         procs = [subprocess.Popen([sys.executable, str(ROOT / script), *argv(folder)], cwd=ROOT, env=ENV,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for argv in (argv_a, argv_b)]
-        results = [(p.returncode, *p.communicate(timeout=600))[1:] for p in procs]
+        results = [p.communicate(timeout=600) for p in procs]
         codes = [p.returncode for p in procs]
         run_dir = folder / "run" if (folder / "run").exists() else folder / "r"
         log = run_dir / "metrics.jsonl"
@@ -249,9 +249,7 @@ def main() -> int:
         done = case.runner(case, folder) if case.runner else cli(case.script, case.argv(folder))
         outcome = verdict(case, done)
         counts[outcome] = counts.get(outcome, 0) + 1
-        lines = done.stderr.strip().splitlines()
-        shown = (lines[-1] if lines else done.stdout.strip().splitlines()[-1:] or [""])
-        shown = shown if isinstance(shown, str) else shown[0]
+        shown = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or [""])[-1]
         shown = shown.replace("|", "\\|").replace(str(args.out), "$OUT")
         notes = ("; " + "; ".join(case.notes)) if case.notes else ""
         rows.append(f"| {number} | {case.name} ({case.script}) | {done.returncode} | {shown[:220]}{notes} | {outcome} |")
