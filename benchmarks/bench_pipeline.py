@@ -22,21 +22,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from bcl.data import MVTecAD, SyntheticTransistor
-from bcl.data.transforms import MultiViewTransform, contrastive_view, dataloader_generator, seed_worker
+from bcl.data.transforms import MultiViewTransform, contrastive_view, seed_worker
 from bcl.losses import BalancedSupCon
 from bcl.models import build_model
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
 def loader_images_per_second(dataset, num_workers, batch_size, epochs):
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True,
-        worker_init_fn=seed_worker, generator=dataloader_generator(0), persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0), persistent_workers=num_workers > 0,
     )
     next(iter(loader))  # start the workers outside the timed part
     start, images = time.perf_counter(), 0
@@ -88,9 +88,9 @@ def main():
         views = MultiViewTransform([contrastive_view(size), contrastive_view(size)])
         model_rate = model_images_per_second(size, args.batch, args.steps)
         with tempfile.TemporaryDirectory() as cache_dir:
-            real, cold = timed(lambda: MVTecAD(root, image_size=size, cache_dir=cache_dir))
-            real, cached = timed(lambda: MVTecAD(root, image_size=size, cache_dir=cache_dir, transform=views))
-        synthetic, generated = timed(lambda: SyntheticTransistor(image_size=size, seed=0, transform=views))
+            real, cold = timed(MVTecAD, root, image_size=size, cache_dir=cache_dir)
+            real, cached = timed(MVTecAD, root, image_size=size, cache_dir=cache_dir, transform=views)
+        synthetic, generated = timed(SyntheticTransistor, image_size=size, seed=0, transform=views)
         for name, dataset, build_cold, build_cached in (
             (f"MVTec transistor ({len(real)})", real, f"{cold:.2f}", f"{cached:.2f}"),
             (f"synthetic ({len(synthetic)})", synthetic, f"{generated:.2f} (generated)", "n/a"),

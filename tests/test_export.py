@@ -1,5 +1,7 @@
-"""COCO / YOLO export of defect masks: components by hand, pycocotools round trips, YOLO round trips,
-the library's splits, resizing, every bad input, and (with ``BCL_MVTEC_ROOT``) the real transistor set.
+"""COCO / YOLO export of defect masks: round trips, splits, resizing, bad inputs, the real data.
+
+Components by hand, pycocotools round trips, YOLO round trips, the library's splits, resizing, every
+bad input, and (with ``BCL_MVTEC_ROOT``) the real transistor set.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from bcl.data.export import export, main, mask_instances, read_mask
-from bcl.data.mvtec import MVTecAD, make_tiny_mvtec
+from bcl.data.mvtec import MVTecAD
 from bcl.data.splits import stratified_kfold, stratified_split
 from bcl.data.synthetic import SyntheticTransistor
+from helpers.mvtec_tree import make_tiny_mvtec
 
 S = 32
 # pycocotools' decode trips numpy 2's __array__ deprecation; not ours to fix.

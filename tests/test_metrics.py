@@ -18,6 +18,7 @@ from bcl.metrics import (
     good_vs_defect_auroc,
     knn_metrics,
     knn_predict,
+    markdown_table,
 )
 
 TRANSISTOR = ["good", "bent_lead", "cut_lead", "damaged_case", "misplaced"]
@@ -132,7 +133,9 @@ def test_auroc_from_probabilities():
     probabilities = np.array(
         [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4], [0.7, 0.1, 0.2], [0.2, 0.4, 0.4]], dtype=np.float32
     )
-    m = classification_metrics(y_true, probabilities.argmax(1), ["good", "x", "y"], scores=torch.from_numpy(probabilities))
+    m = classification_metrics(
+        y_true, probabilities.argmax(1), ["good", "x", "y"], scores=torch.from_numpy(probabilities)
+    )
     expected = roc_auc_score([0, 0, 1, 1, 0], 1 - probabilities[:, 0])
     assert m["good_vs_defect_auroc"] == pytest.approx(expected)
     one_side = classification_metrics([0, 0], [0, 1], ["good", "x"], scores=[[0.9, 0.1], [0.4, 0.6]])
@@ -308,7 +311,8 @@ def test_knn_metrics_edge_cases():
     query_labels = np.array([0, 1, 0, 1, 1, 0])
     m = knn_metrics(train, labels, queries, query_labels, ["good", "bad"], k=50)
     assert m["knn_k"] == 12
-    assert m["knn_good_vs_defect_auroc"] == pytest.approx(reference_anomaly_auroc(train, labels, queries, query_labels, 50, 0))
+    expected = reference_anomaly_auroc(train, labels, queries, query_labels, 50, 0)
+    assert m["knn_good_vs_defect_auroc"] == pytest.approx(expected)
     # only defects among the queries, or no good training item: no AUROC, not an error
     assert knn_metrics(train, labels, queries, [1] * 6, ["good", "bad"])["knn_good_vs_defect_auroc"] is None
     assert knn_metrics(train, [1] * 12, queries, query_labels, ["good", "bad"])["knn_good_vs_defect_auroc"] is None
@@ -392,7 +396,10 @@ GOOD_LABELS = [0, 1, 2, 0, 1, 2]
         (dict(temperature=-0.1), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
         (dict(exclude_self=True), "query_embeddings"),
-        (dict(exclude_self=True, train_embeddings=GOOD_TRAIN[:1], train_labels=[0], query_embeddings=GOOD_TRAIN[:1]), "train_embeddings"),
+        (
+            dict(exclude_self=True, train_embeddings=GOOD_TRAIN[:1], train_labels=[0], query_embeddings=GOOD_TRAIN[:1]),
+            "train_embeddings",
+        ),
         (dict(exclude_self="yes"), "exclude_self"),
     ],
 )
@@ -444,7 +451,9 @@ def test_format_results_table():
     lines = table.splitlines()
     assert len(lines) == 4 and not table.endswith("\n")
     cells = [[cell.strip() for cell in line.strip("| ").split(" | ")] for line in lines]
-    assert cells[0] == ["run", "balanced_accuracy", "few_shot_accuracy", "knn_balanced_accuracy", "knn_k", "num_samples"]
+    assert cells[0] == [
+        "run", "balanced_accuracy", "few_shot_accuracy", "knn_balanced_accuracy", "knn_k", "num_samples"
+    ]
     assert cells[2] == ["stage 2 \\| probe", "83.3", "100.0", "-", "-", "4"]
     assert cells[3] == ["kNN", "-", "-", "50.0", "20", "-"]
     assert len({len(line) for line in lines}) == 1  # aligned
@@ -459,3 +468,28 @@ def test_format_results_table_rejects():
         format_results_table({"a": {}}, columns=[])
     with pytest.raises(ValueError, match="confusion_matrix"):
         format_results_table({"a": {"confusion_matrix": [[1]]}}, columns=["confusion_matrix"])
+
+
+def test_markdown_table_pads_aligns_and_escapes():
+    table = markdown_table(["name", "n"], [["a|b", "7"], ["long name", "12"]])
+    assert table.splitlines() == [
+        "| name      |   n |",
+        "| :-------- | --: |",
+        "| a\\|b      |   7 |",
+        "| long name |  12 |",
+    ]
+    assert markdown_table(["x"], []) == "| x   |\n| :-- |"
+
+
+@pytest.mark.parametrize(
+    "header, rows, match",
+    [
+        ([], [], "header"),
+        ("run", [], "header"),
+        (["a", "b"], [["1"]], r"rows\[0\] has 1 cells but the header has 2"),
+        (["a"], [[1]], "strings"),
+    ],
+)
+def test_markdown_table_rejects(header, rows, match):
+    with pytest.raises(ValueError, match=match):
+        markdown_table(header, rows)

@@ -25,7 +25,8 @@ from bcl.data.image_io import (
     load_images,
     load_mask,
 )
-from bcl.data.mvtec import MVTecAD, MVTecLayoutError, make_tiny_mvtec
+from bcl.data.mvtec import MVTecAD, MVTecLayoutError
+from helpers.mvtec_tree import make_tiny_mvtec
 
 S = 16  # working resolution of the synthetic tests
 

@@ -12,7 +12,7 @@ from bcl.data.longtail import (
     long_tail_profile,
     long_tail_subsample,
 )
-from bcl.data.mvtec import MVTEC_CATEGORIES, MVTecAD, MVTecLayoutError, make_tiny_mvtec
+from bcl.data.mvtec import MVTEC_CATEGORIES, MVTecAD, MVTecLayoutError
 from bcl.data.synthesis import PASTED, paste_defects
 from bcl.data.splits import Fold, stratified_kfold, stratified_split, train_val_split_within
 from bcl.data.synthetic import CLASS_NAMES as TRANSISTOR_CLASS_NAMES
@@ -22,7 +22,6 @@ from bcl.data.transforms import (
     bcl_train_transform,
     classifier_view,
     contrastive_view,
-    dataloader_generator,
     eval_transform,
     seed_worker,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "FOLDER_LAYOUTS",
     "MVTecLayoutError",
     "MVTEC_CATEGORIES",
-    "make_tiny_mvtec",
     "SyntheticTransistor",
     "TRANSISTOR_CLASS_NAMES",
     "save_contact_sheet",
@@ -65,5 +63,4 @@ __all__ = [
     "eval_transform",
     "bcl_train_transform",
     "seed_worker",
-    "dataloader_generator",
 ]

@@ -33,9 +33,9 @@ test, then by file name. Masks pair with images by name, never by position. Imag
 unexpected ``train/<not good>`` folder is a :class:`MVTecLayoutError` (a ``ValueError``) whatever
 ``on_error`` says. Bad files -- an image that cannot be decoded (zero bytes, truncated, not an image;
 :class:`~bcl.data.image_io.ImageDecodeError`; the same for a mask), a defect image without a mask, a mask
-without an image, a file in ``ground_truth`` not named ``<stem>_mask.<ext>`` -- follow ``on_error``: ``"raise"`` stops at
-the first one; ``"skip"`` leaves it out, logs a warning and records ``(path, reason)`` in
-``ds.skipped``. Grayscale, palette, RGBA and 16-bit images are converted to RGB (see
+without an image, a file in ``ground_truth`` not named ``<stem>_mask.<ext>`` -- follow ``on_error``:
+``"raise"`` stops at the first one; ``"skip"`` leaves it out, logs a warning and records
+``(path, reason)`` in ``ds.skipped``. Grayscale, palette, RGBA and 16-bit images are converted to RGB (see
 :mod:`bcl.data.image_io`), never an error. Masks are decoded at construction too, at the working
 resolution (nearest neighbour), and returned by :meth:`MVTecAD.load_mask`.
 """
@@ -48,16 +48,15 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.image_io import ImageCache, ImageDecodeError, _check_size, is_image_file, load_images, load_masks
 
-__all__ = ["MVTEC_CATEGORIES", "MVTecAD", "MVTecLayoutError", "make_tiny_mvtec"]
+__all__ = ["MVTEC_CATEGORIES", "MVTecAD", "MVTecLayoutError"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,18 +304,32 @@ class MVTecAD(ImageClassificationDataset):
 
     Example:
         >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     cdir = make_tiny_mvtec(d, "transistor", defects=("cut_lead", "bent_lead"), size=32)
+        ...     cdir = Path(d) / "transistor"  # a minimal category: 3 good images, 1 per defect type
+        ...     for rel in ("train/good/000", "train/good/001", "test/good/000", "test/cut_lead/000",
+        ...                 "test/bent_lead/000"):
+        ...         image = cdir / f"{rel}.png"
+        ...         image.parent.mkdir(parents=True, exist_ok=True)
+        ...         Image.new("RGB", (32, 32), "gray").save(image)
+        ...         if image.parent.name != "good":  # a defect image needs its <stem>_mask.png
+        ...             mask = cdir / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+        ...             mask.parent.mkdir(parents=True, exist_ok=True)
+        ...             region = Image.new("L", (32, 32))
+        ...             region.paste(255, (0, 0, 16, 16))  # the defect: the top-left quarter
+        ...             region.save(mask)
         ...     ds = MVTecAD(d, category="transistor", image_size=16)  # or MVTecAD(cdir, image_size=16)
         >>> ds.class_names
         ['good', 'bent_lead', 'cut_lead']
         >>> len(ds), ds.class_counts()
-        (8, {'good': 4, 'bent_lead': 2, 'cut_lead': 2})
-        >>> image, label = ds[4]
-        >>> image.dtype, tuple(image.shape), label, ds.samples[4].class_name
+        (5, {'good': 3, 'bent_lead': 1, 'cut_lead': 1})
+        >>> image, label = ds[3]
+        >>> image.dtype, tuple(image.shape), label, ds.samples[3].class_name
         (torch.uint8, (3, 16, 16), 1, 'bent_lead')
-        >>> ds.load_mask(4).dtype, tuple(ds.load_mask(4).shape), bool(ds.load_mask(0).any())
-        (torch.bool, (16, 16), False)
+        >>> mask = ds.load_mask(3)
+        >>> mask.dtype, tuple(mask.shape), int(mask.sum()), bool(ds.load_mask(0).any())
+        (torch.bool, (16, 16), 64, False)
     """
 
     def __init__(
@@ -440,50 +453,3 @@ class MVTecAD(ImageClassificationDataset):
     def __repr__(self) -> str:
         return (f"MVTecAD(category={self.category!r}, images={len(self)}, classes={self.class_counts()}, "
                 f"image_size={self.image_size}, skipped={len(self.skipped)})")
-
-
-def make_tiny_mvtec(
-    root: PathLike,
-    category: str = "transistor",
-    defects: Sequence[str] = ("bent_lead", "cut_lead"),
-    n_train_good: int = 3,
-    n_test_good: int = 1,
-    n_defect: int = 2,
-    size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny, valid MVTec AD tree (random RGB PNGs and matching masks) for tests and examples.
-
-    Args:
-        root: Folder that receives ``<category>/``.
-        category: Category folder name.
-        defects: Defect types (one ``test/<d>/`` and ``ground_truth/<d>/`` folder each).
-        n_train_good, n_test_good, n_defect: Images per folder, named ``000.png``, ``001.png``, ...
-        size: Image side in pixels.
-        seed: Seed of the pixel values.
-
-    Returns:
-        The category folder.
-    """
-    from PIL import Image  # only needed here
-
-    rng = np.random.default_rng(seed)
-    cdir = Path(root) / category
-
-    def write(folder: Path, n: int, masks: Optional[Path] = None) -> None:
-        if n == 0:  # an empty class folder would be a layout error
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        for k in range(n):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB").save(folder / f"{k:03d}.png")
-            if masks is not None:
-                masks.mkdir(parents=True, exist_ok=True)
-                m = np.zeros((size, size), np.uint8)
-                m[: size // 2, : size // 2] = 255
-                Image.fromarray(m, "L").save(masks / f"{k:03d}_mask.png")
-
-    write(cdir / "train" / "good", n_train_good)
-    write(cdir / "test" / "good", n_test_good)
-    for d in defects:
-        write(cdir / "test" / d, n_defect, masks=cdir / "ground_truth" / d)
-    return cdir

@@ -10,13 +10,11 @@ cross-entropy and two *contrastive views* for the BCL term. :func:`bcl_train_tra
 from __future__ import annotations
 
 import random
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
-
-from bcl.distributed import rank_seed
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -27,7 +25,6 @@ __all__ = [
     "eval_transform",
     "bcl_train_transform",
     "seed_worker",
-    "dataloader_generator",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,6 +185,7 @@ class MultiViewTransform:
         self.views = views
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Applies every view to ``image`` (``[3, H, W]``); returns the views stacked, ``[V, 3, h, w]``."""
         outputs = [view(image) for view in self.views]
         shapes = {tuple(out.shape) for out in outputs}
         if len(shapes) != 1:
@@ -242,21 +240,8 @@ def seed_worker(worker_id: int) -> None:
 
     torch already gives each worker a distinct seed derived from the loader's generator; libraries
     that draw from Python's or numpy's RNG would otherwise repeat the same numbers in every worker.
+    The loader's generator itself (per run seed, rank and epoch) is made by :func:`bcl.engine.train_loader`.
     """
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
-
-
-def dataloader_generator(seed: int, rank: Optional[int] = 0) -> torch.Generator:
-    """A generator for ``DataLoader(generator=...)``: fixes shuffling and every worker's augmentation seed.
-
-    Args:
-        seed: Run seed.
-        rank: Process rank in multi-process training, so ranks augment differently.
-
-    Example:
-        >>> dataloader_generator(0).initial_seed()
-        0
-    """
-    return torch.Generator().manual_seed(rank_seed(int(seed), int(rank or 0)))
