@@ -251,6 +251,15 @@ class ContrastiveLossConfig:
         if self.contrastive_views < 1:
             raise ConfigError(f"loss.contrastive_views must be >= 1, got {self.contrastive_views}")
 
+    def contrastive_arguments(self) -> Dict[str, Any]:
+        """The :class:`~bcl.losses.BalancedSupCon` arguments this section sets (the one place ``name`` is read).
+
+        Example:
+            >>> ContrastiveLossConfig(name="supcon", temperature=0.2).contrastive_arguments()
+            {'temperature': 0.2, 'class_averaging': False}
+        """
+        return {"temperature": self.temperature, "class_averaging": self.name == "bcl"}
+
 
 @dataclass
 class ClassifierLossConfig:

@@ -16,8 +16,11 @@ helper here is a cheap no-op, so library code calls them unconditionally::
     cleanup()
 
 Every collective here must be called by all ranks, in the same order. Errors that depend on what
-several ranks hold (unequal batch sizes, different configs) are detected collectively and raised on
-*every* rank, so no rank is left waiting in a collective for a peer that already gave up. A rank that
+several ranks hold (different configs, and in debug mode unequal batch shapes) are detected collectively
+and raised on *every* rank, so no rank is left waiting in a collective for a peer that already gave up.
+The shape check costs one extra all-gather per gathered tensor, so it runs only in PyTorch's own
+distributed debug mode (``TORCH_DISTRIBUTED_DEBUG=INFO`` or ``DETAIL``, see :func:`debug_checks`); the
+training loop's ``drop_last`` loaders keep shapes equal without it. A rank that
 dies makes the others fail after ``timeout_s`` (or sooner, when the backend notices the closed
 connection) instead of hanging forever.
 
@@ -56,6 +59,7 @@ __all__ = [
     "all_gather_no_grad",
     "check_same_config",
     "check_batch_divisible",
+    "debug_checks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -336,6 +340,15 @@ def _describe(code: List[int]) -> str:
     return f"{shape} {_DTYPES[dtype] if dtype >= 0 else 'unsupported dtype'}"
 
 
+def debug_checks() -> bool:
+    """Whether the gathers check shapes and dtypes across ranks first (an extra collective each).
+
+    On when PyTorch's distributed debug level is ``INFO`` or ``DETAIL`` (``TORCH_DISTRIBUTED_DEBUG``, or
+    :func:`torch.distributed.set_debug_level`), off by default.
+    """
+    return dist.get_debug_level() != dist.DebugLevel.OFF
+
+
 def _check_gatherable(tensor: torch.Tensor, what: str) -> None:
     """Checks that every rank holds a tensor of the same shape and dtype; raises on *every* rank if not."""
     code = _to_comm(_shape_code(tensor))
@@ -350,6 +363,14 @@ def _check_gatherable(tensor: torch.Tensor, what: str) -> None:
             "(e.g. drop_last=True in the DataLoader)"
         )
     if rows[0][0] == 0:
+        raise ValueError(f"{what} needs a tensor with at least one dimension, got a 0-dim tensor")
+
+
+def _check_local(tensor: Any, what: str) -> None:
+    """What one rank can check alone, at no communication cost."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{what} expects a tensor, got {type(tensor).__name__}")
+    if tensor.dim() == 0:
         raise ValueError(f"{what} needs a tensor with at least one dimension, got a 0-dim tensor")
 
 
@@ -392,20 +413,19 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         ``[world_size * B, ...]``; in a plain process the input itself.
 
     Raises:
-        ValueError: Shapes or dtypes differ across ranks (raised on every rank), or a 0-dim tensor.
+        ValueError: A 0-dim tensor; in debug mode (:func:`debug_checks`) also shapes or dtypes that differ
+            across ranks (raised on every rank).
 
     Example:
         >>> x = torch.ones(2, 3, requires_grad=True)
         >>> all_gather_with_grad(x) is x  # a plain process: the identity
         True
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"all_gather_with_grad expects a tensor, got {type(tensor).__name__}")
+    _check_local(tensor, "all_gather_with_grad")
     if not is_distributed():
-        if tensor.dim() == 0:
-            raise ValueError("all_gather_with_grad needs a tensor with at least one dimension, got a 0-dim tensor")
         return tensor
-    _check_gatherable(tensor, "all_gather_with_grad")
+    if debug_checks():
+        _check_gatherable(tensor, "all_gather_with_grad")
     return _AllGatherWithGrad.apply(tensor)
 
 
@@ -416,13 +436,11 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
         >>> all_gather_no_grad(torch.tensor([3, 1])).tolist()
         [3, 1]
     """
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"all_gather_no_grad expects a tensor, got {type(tensor).__name__}")
+    _check_local(tensor, "all_gather_no_grad")
     if not is_distributed():
-        if tensor.dim() == 0:
-            raise ValueError("all_gather_no_grad needs a tensor with at least one dimension, got a 0-dim tensor")
         return tensor.detach()
-    _check_gatherable(tensor, "all_gather_no_grad")
+    if debug_checks():
+        _check_gatherable(tensor, "all_gather_no_grad")
     with torch.no_grad():
         return _gather_cat(tensor.detach())
 

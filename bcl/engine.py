@@ -47,6 +47,8 @@ __all__ = [
     "DataSplits",
     "resolve_device",
     "seed_for_epoch",
+    "seed_epoch",
+    "steps_per_epoch",
     "build_dataset",
     "make_splits",
     "add_pasted_defects",
@@ -69,11 +71,25 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Positions of the train / validation / test images in the dataset."""
+    """Positions of the train / validation / test images in the dataset, and the training part's class counts.
+
+    Build it with :meth:`of`, which counts the training part once; the losses, the sampler-free
+    metrics (head / tail) and the run's ``metrics.json`` all read ``train_counts`` from here.
+    """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    train_counts: Tuple[int, ...]
+
+    @classmethod
+    def of(cls, dataset: ImageClassificationDataset, train: Iterable[int], val: Iterable[int],
+           test: Iterable[int]) -> "DataSplits":
+        """The parts of ``dataset`` at these positions, with the training part's counts per class."""
+        train, val, test = (np.asarray(list(part) if not isinstance(part, np.ndarray) else part, dtype=np.int64)
+                            for part in (train, val, test))
+        counts = class_counts(np.asarray(dataset.targets)[train], num_classes=len(dataset.class_names))
+        return cls(train, val, test, tuple(int(n) for n in counts))
 
     def as_dict(self) -> Dict[str, np.ndarray]:
         """The non-empty parts by name (no ``val`` under ``eval.selection=last``)."""
@@ -179,15 +195,12 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
                     pool, test = pool[inner.train_idx], pool[inner.test_idx]
             train, val = (train_val_split_within(pool, dataset, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
                           if validation else (pool, []))
-        splits = DataSplits(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64),
-                            np.asarray(test, dtype=np.int64))
+        splits = DataSplits.of(dataset, train, val, test)
     except ValueError as error:  # the splitters name the class that is too small
         raise ConfigError(f"data.split={cfg.split} cannot split this dataset: {error}") from None
     if cfg.imbalance_factor is not None:
         splits = _long_tail_training_part(dataset, splits, cfg)
-    labels = np.asarray(dataset.targets)
-    train_counts = class_counts(labels[splits.train], num_classes=len(dataset.class_names))
-    empty = [dataset.class_names[k] for k, n in enumerate(train_counts) if n == 0]
+    empty = [dataset.class_names[k] for k, n in enumerate(splits.train_counts) if n == 0]
     if empty:
         raise ConfigError(f"the split leaves classes {empty} without training images; change data.* split settings")
     return splits
@@ -201,10 +214,10 @@ def _long_tail_training_part(dataset: ImageClassificationDataset, splits: DataSp
         kept = long_tail_subsample(labels, cfg.imbalance_factor, seed=cfg.split_seed)
     except ValueError as error:
         raise ConfigError(f"data.imbalance_factor={cfg.imbalance_factor}: {error}") from None
-    counts = class_counts(labels[kept], num_classes=len(dataset.class_names))
+    long_tailed = DataSplits.of(dataset, splits.train[kept], splits.val, splits.test)
     logger.info("long-tailed training part (imbalance factor %g): %s", cfg.imbalance_factor,
-                dict(zip(dataset.class_names, counts.tolist())))
-    return DataSplits(splits.train[kept], splits.val, splits.test)
+                dict(zip(dataset.class_names, long_tailed.train_counts)))
+    return long_tailed
 
 
 def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig,
@@ -224,25 +237,22 @@ def add_pasted_defects(dataset: ImageClassificationDataset, splits: DataSplits, 
     new = np.arange(len(dataset), len(combined), dtype=np.int64)
     logger.info("pasted %d training defects onto training good images (%d per defect class)", len(new),
                 cfg.paste_per_class)
-    return combined, DataSplits(np.concatenate([splits.train, new]), splits.val, splits.test)
+    return combined, DataSplits.of(combined, np.concatenate([splits.train, new]), splits.val, splits.test)
 
 
-def train_loader(
-    dataset: ImageClassificationDataset,
-    batch_size: int,
-    sampler_cfg: SamplerConfig,
-    seed: int,
-    epoch: int,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DataLoader:
-    """A training loader whose order depends only on (seed, epoch) (and the rank's shard).
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seeds torch, numpy and ``random`` for one epoch of one process and returns the seed its loader takes.
 
-    ``batch_size`` is per process. With several processes every rank takes a disjoint shard of one
-    shared order, and augmentations are seeded per rank so ranks do not augment alike.
+    The training loop calls it at the start of every epoch, so every draw of the epoch (augmentations,
+    loader order, dropout) is a function of (seed, epoch, rank) and a resumed run repeats the
+    uninterrupted one. Ranks get distinct streams (:func:`~bcl.distributed.rank_seed`) so they do not
+    augment alike.
     """
-    generator = torch.Generator().manual_seed(seed_for_epoch(rank_seed(seed, rank), epoch))
+    return seed_for_epoch(rank_seed(seed, rank), epoch)
+
+
+def _train_sampler(dataset: ImageClassificationDataset, sampler_cfg: SamplerConfig, seed: int, epoch: int,
+                   generator: Optional[torch.Generator], rank: int, world_size: int):
     if sampler_cfg.kind == "class_aware":
         sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed, num_replicas=world_size, rank=rank)
         sampler.set_epoch(epoch)
@@ -251,6 +261,44 @@ def train_loader(
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=generator)
+    return sampler
+
+
+def steps_per_epoch(dataset: ImageClassificationDataset, batch_size: int, sampler_cfg: SamplerConfig, seed: int = 0,
+                    rank: int = 0, world_size: int = 1) -> int:
+    """The number of batches :func:`train_loader` gives per epoch (the same for every epoch), drawing nothing."""
+    size = len(_train_sampler(dataset, sampler_cfg, seed, 0, None, rank, world_size))
+    return size // min(batch_size, size) if size else 0
+
+
+def train_loader(
+    dataset: ImageClassificationDataset,
+    batch_size: int,
+    sampler_cfg: SamplerConfig,
+    seed: int,
+    epoch: int,
+    epoch_seed: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A training loader whose order depends only on (seed, epoch) (and the rank's shard).
+
+    Args:
+        dataset: The training part, with its training transform.
+        batch_size: Per process.
+        sampler_cfg: Instance or class-aware sampling.
+        seed: The run seed (the samplers' shared order across ranks).
+        epoch: The epoch (0-based).
+        epoch_seed: What :func:`seed_epoch` returned for this epoch and rank: it seeds shuffling and
+            every worker's augmentations.
+        num_workers: DataLoader workers.
+        rank: This process's rank; with several processes every rank takes a disjoint shard of one
+            shared order.
+        world_size: The number of processes.
+    """
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = _train_sampler(dataset, sampler_cfg, seed, epoch, generator, rank, world_size)
     # A last batch of one image would break BatchNorm; dropping it costs < batch_size images an epoch.
     batch_size = min(batch_size, len(sampler))
     return DataLoader(

@@ -1,6 +1,6 @@
 """The comparison suite for small data: tuning on inner folds, repeated stratified k-fold, paired CIs.
 
-    python -m bcl.bench --root $BCL_MVTEC_ROOT --protocol quick --out results/quick --report docs/results.md
+    python benchmarks/mvtec_suite.py --root $BCL_MVTEC_ROOT --protocol quick --out results/quick --report docs/results.md
 
 Three phases, every one resumable (a finished cell is a JSON file under ``cells/``, a rerun skips it):
 
@@ -39,6 +39,7 @@ import torch
 import bcl
 from bcl.config import LinearConfig, SupConConfig, load_config
 from bcl.data import MVTecAD, stratified_kfold
+from bcl.metrics import markdown_table
 from bcl.checkpoints import atomic_write_text
 
 __all__ = ["PROTOCOLS", "METHODS", "ABLATIONS", "Protocol", "Suite", "run_suite", "aggregate",
@@ -500,15 +501,14 @@ def results_table(summary: Dict[str, Any]) -> str:
     best = summary["reference"].get("best_ce")
     header = ["method", "balanced acc.", "Δ vs CE [95 % CI]", f"Δ vs best CE ({best}) [95 % CI]", "macro-F1",
               "AUROC good/defect", "kNN AUROC", "kNN bal. acc.", "min per cell", "cells"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, entry in methods.items():
-        row = [METHODS[name].label, _pct(entry["balanced_accuracy"]),
+        rows.append([METHODS[name].label, _pct(entry["balanced_accuracy"]),
                "(reference)" if name == "ce" else _diff(entry.get("vs_ce")),
                "(reference)" if name == best else _diff(entry.get("vs_best_ce")),
                _pct(entry["macro_f1"]), _pct(entry["good_vs_defect_auroc"]), _pct(entry["knn_good_vs_defect_auroc"]),
-               _pct(entry["knn_balanced_accuracy"]), f"{entry['wall_time_s']['mean'] / 60:.1f}", str(len(entry["cells"]))]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+               _pct(entry["knn_balanced_accuracy"]), f"{entry['wall_time_s']['mean'] / 60:.1f}", str(len(entry["cells"]))])
+    return markdown_table(header, rows)
 
 
 def recall_table(summary: Dict[str, Any]) -> str:
@@ -516,10 +516,9 @@ def recall_table(summary: Dict[str, Any]) -> str:
     if not methods:
         return ""
     classes = list(next(iter(methods.values()))["per_class_recall"])
-    lines = ["| method | " + " | ".join(f"recall {k}" for k in classes) + " |", "|" + "---|" * (len(classes) + 1)]
-    for name, entry in methods.items():
-        lines.append(f"| {METHODS[name].label} | " + " | ".join(_pct(entry["per_class_recall"][k]) for k in classes) + " |")
-    return "\n".join(lines)
+    return markdown_table(["method", *(f"recall {k}" for k in classes)],
+                          [[METHODS[name].label, *(_pct(entry["per_class_recall"][k]) for k in classes)]
+                           for name, entry in methods.items()])
 
 
 def ablation_table(summary: Dict[str, Any]) -> str:
@@ -527,27 +526,27 @@ def ablation_table(summary: Dict[str, Any]) -> str:
         return ""
     header = ["lever (switched on top of the method's chosen point)", "method", "balanced acc.", "same cells, as tuned",
               "Δ [95 % CI]", "AUROC good/defect", "min per cell", "cells"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, entry in summary["ablations"].items():
         lever = ABLATIONS[name]
-        lines.append("| " + " | ".join([
+        rows.append([
             lever.what, METHODS[lever.method].label, _pct(entry["balanced_accuracy"]),
             _pct(entry["base"]["balanced_accuracy"]) if entry["base"] else "–", _diff(entry["vs_base"]),
-            _pct(entry["good_vs_defect_auroc"]), f"{entry['wall_time_s']['mean'] / 60:.1f}", str(len(entry["cells"]))]) + " |")
-    return "\n".join(lines)
+            _pct(entry["good_vs_defect_auroc"]), f"{entry['wall_time_s']['mean'] / 60:.1f}", str(len(entry["cells"]))])
+    return markdown_table(header, rows)
 
 
 def tuning_table(tune_cells: Sequence[Dict[str, Any]], chosen: Dict[str, int]) -> str:
-    lines = ["| method | grid point | inner-fold balanced acc. | inner folds | chosen |", "|---|---|---|---|---|"]
+    rows = []
     for name, point in chosen.items():
         method = METHODS[name]
         if len(method.grid) == 1:
             continue
         for index, overrides in enumerate(method.grid):
             mine = [c["test"]["balanced_accuracy"] for c in tune_cells if c["row"] == f"{name}@{index}"]
-            lines.append(f"| {method.label} | {', '.join(f'`{o}`' for o in overrides) or 'as shipped'} | "
-                         f"{_pct(_mean_std(mine))} | {len(mine)} | {'**yes**' if index == point else ''} |")
-    return "\n".join(lines)
+            rows.append([method.label, ", ".join(f"`{o}`" for o in overrides) or "as shipped", _pct(_mean_std(mine)),
+                         str(len(mine)), "**yes**" if index == point else ""])
+    return markdown_table(["method", "grid point", "inner-fold balanced acc.", "inner folds", "chosen"], rows)
 
 
 def write_results(out: Path, summary: Dict[str, Any], cells: Sequence[Dict[str, Any]]) -> None:
@@ -622,8 +621,7 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repe
     from sklearn.manifold import TSNE
 
     from bcl.engine import extract
-    from bcl.models import Encoder
-    from bcl.checkpoints import load_checkpoint_file
+    from bcl.stages import load_trained_encoder
 
     available = [m for m in methods if _final_checkpoint(suite.run_dir("main", m, repeat, fold), suite.protocol).exists()]
     if not available:
@@ -636,10 +634,8 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repe
     figure = Figure(figsize=(5.5 * len(available), 5))
     FigureCanvasAgg(figure)
     for panel, name in enumerate(available, start=1):
-        checkpoint = load_checkpoint_file(_final_checkpoint(suite.run_dir("main", name, repeat, fold), suite.protocol))
-        model_cfg = checkpoint["config"]["model"]
-        encoder = Encoder(model_cfg.get("encoder", suite.protocol.encoder), model_cfg.get("small_image_stem", False))
-        encoder.load_state_dict({k[len("encoder."):]: v for k, v in checkpoint["model"].items() if k.startswith("encoder.")})
+        encoder, _ = load_trained_encoder(str(_final_checkpoint(suite.run_dir("main", name, repeat, fold), suite.protocol)),
+                                          setting=f"the {name} checkpoint")
         features = extract(_FeaturesOnly(encoder), dataset, suite.protocol.image_size, torch.device("cpu"))["features"].numpy()
         points = TSNE(n_components=2, perplexity=min(30, len(features) - 1), init="pca", random_state=0).fit_transform(features)
         axes = figure.add_subplot(1, len(available), panel)
@@ -712,7 +708,7 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
     lines = [
         "# Results: BCL against cross-entropy baselines on MVTec AD transistor",
         "",
-        "Generated by `python -m bcl.bench`; every number below comes from the cells it ran. Do not edit by",
+        "Generated by `python benchmarks/mvtec_suite.py`; every number below comes from the cells it ran. Do not edit by",
         "hand: rerun the command (finished cells are kept) to regenerate.",
         "",
         f"**Protocol `{p['name']}`**: {p['encoder']} from scratch (no pretrained weights), {p['image_size']} px, "
@@ -767,7 +763,7 @@ def reproduce_command(argv: Sequence[str]) -> str:
     env_root = os.environ.get("BCL_MVTEC_ROOT")
     kept = ["$BCL_MVTEC_ROOT" if env_root and token == env_root else token for token in argv if token != "--aggregate-only"]
     prefix = [] if "--root" in kept else ["BCL_MVTEC_ROOT=/path/to/mvtec_ad/transistor"]
-    return " ".join([*prefix, "python -m bcl.bench", *kept])
+    return " ".join([*prefix, "python benchmarks/mvtec_suite.py", *kept])
 
 
 def machine_description() -> str:
@@ -781,7 +777,7 @@ _OVERRIDABLE = (("epochs", int), ("probe-epochs", int), ("image-size", int), ("f
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bcl.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/mvtec_suite.py", description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=os.environ.get("BCL_MVTEC_ROOT"),
                         help="MVTec AD root (with --category) or a category folder; default $BCL_MVTEC_ROOT")
     parser.add_argument("--category", default="transistor")

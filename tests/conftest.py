@@ -1,9 +1,11 @@
-"""Lets test modules import the helpers beside them however pytest is started (and so do spawned workers)."""
+"""Lets test modules import the helpers beside them, and the suite in benchmarks/, however pytest is started
+(and so do spawned workers)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.mvtec_suite
 
 import pytest  # noqa: E402  (after the path setup above, which spawned workers also need)
 import torch  # noqa: E402

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-import bcl.bench as bench
-from bcl.bench import Lever, Method, aggregate, check_definitions, main, paired_difference
+import benchmarks.mvtec_suite as bench
+from benchmarks.mvtec_suite import Lever, Method, aggregate, check_definitions, main, paired_difference
 from bcl.config import LinearConfig, load_config
-from bcl.data import MVTecAD, make_tiny_mvtec, stratified_kfold
+from bcl.data import MVTecAD, stratified_kfold
 from bcl.engine import build_dataset, make_splits
+from helpers.mvtec_tree import make_tiny_mvtec
 
 TINY = ["--methods", "ce", "focal", "--folds", "2", "--repeats", "2", "--inner-folds", "2", "--epochs", "1",
         "--probe-epochs", "1", "--image-size", "32", "--batch-size", "8", "--ablations", "no_paste"]
@@ -84,7 +86,7 @@ def test_suite_end_to_end_paired_differences_by_hand(finished):
                           for p in (out / "cells" / "tune").glob(f"{name}@{point}__*.json")]) for point in range(3)]
         assert json.loads((out / "tuning" / f"{name}.json").read_text())["chosen"] == int(np.argmax(means))
     text = report.read_text()
-    assert "| CE (instance sampling) |" in text and "python -m bcl.bench" in text and "corrected resampled" in text
+    assert re.search(r"^\| CE \(instance sampling\) +\|", text, re.M) and "python benchmarks/mvtec_suite.py" in text and "corrected resampled" in text
     assert "## Ablation" in text and "## Tuning (inner folds only)" in text and "**yes**" in text
     assert (out / "results_per_class_recall.png").is_file() and (out / "results_tsne.png").is_file()
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import bcl.distributed as bd
 from process_launch import free_port, launch
@@ -124,12 +125,24 @@ def _scenario_main(rank: int, out_dir: Path, result: Dict[str, Any]) -> None:
     result["no_grad_requires_grad"] = no_grad_out.requires_grad
     torch.save(saved, out_dir / f"rank{rank}.pt")
 
-    # Mismatches are detected collectively and raised on every rank (none is left waiting).
+    # The shape check is an extra collective, made only in PyTorch's distributed debug mode.
+    real_all_gather, calls = dist.all_gather, []
+    dist.all_gather = lambda *args, **kwargs: calls.append(1) or real_all_gather(*args, **kwargs)
+    all_gather_with_grad(torch.zeros(B, D))
+    result["all_gathers_off"] = len(calls)
+    dist.set_debug_level(dist.DebugLevel.INFO)
+    calls.clear()
+    all_gather_with_grad(torch.zeros(B, D))
+    result["all_gathers_debug"] = len(calls)
+    dist.all_gather = real_all_gather
+
+    # In debug mode mismatches are detected collectively and raised on every rank (none is left waiting).
     _expect_error(result, "unequal_rows", ValueError, lambda: all_gather_with_grad(torch.zeros(2 + rank, D)))
     labels_of_other_length = torch.zeros(4 + rank, dtype=torch.int64)
     _expect_error(result, "unequal_labels", ValueError, lambda: all_gather_no_grad(labels_of_other_length))
     dtype = torch.float32 if rank == 0 else torch.float64
     _expect_error(result, "unequal_dtype", ValueError, lambda: all_gather_with_grad(torch.zeros(B, D, dtype=dtype)))
+    dist.set_debug_level(dist.DebugLevel.OFF)
     barrier()  # the group is still usable after those errors
     result["after_errors"] = all_reduce_sum(torch.tensor([1])).tolist()
 
@@ -279,7 +292,13 @@ def test_all_gather_no_grad_labels(main_run):
         assert r["no_grad_requires_grad"] is False
 
 
-def test_unequal_shapes_raise_on_every_rank(main_run):
+def test_shape_checks_cost_a_collective_only_in_debug_mode(main_run):
+    results, _ = main_run
+    for r in results:
+        assert (r["all_gathers_off"], r["all_gathers_debug"]) == (1, 2)
+
+
+def test_unequal_shapes_raise_on_every_rank_in_debug_mode(main_run):
     results, _ = main_run
     for r in results:
         assert r["unequal_rows"].startswith("ValueError")

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bcl.cli import main
 from bcl.config import LinearConfig, SupConConfig
-from bcl.stages import run_linear, run_supcon
+from bcl.stages import load_stage1_encoder, run_linear, run_supcon
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +244,21 @@ def test_non_finite_loss_stops_the_run_naming_step_and_term(tmp_path, capsys, mo
 def test_stage1_checkpoint_whose_weights_do_not_fit_its_architecture(tmp_path, capsys):
     stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
     checkpoint = torch.load(stage1 / "checkpoints" / "best.pt", weights_only=True)
-    checkpoint["config"]["model"]["encoder"] = "resnet34"  # claims another architecture
+    checkpoint["encoder"]["name"] = "resnet34"  # claims another architecture
+    torch.save(checkpoint, tmp_path / "mislabelled.pt")
+    linear(tmp_path, "probe", f"model.stage1_checkpoint={tmp_path / 'mislabelled.pt'}", expect=2)
+    assert "do not fit resnet34" in capsys.readouterr().err
+
+
+def test_stage1_checkpoint_without_an_encoder_record_takes_its_config(tmp_path, capsys):
+    """Checkpoints written before they recorded their encoder still load: the architecture is the config's."""
+    stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
+    checkpoint = torch.load(stage1 / "checkpoints" / "last.pt", weights_only=True)
+    del checkpoint["encoder"]
+    torch.save(checkpoint, tmp_path / "older.pt")
+    encoder, cfg = load_stage1_encoder(str(tmp_path / "older.pt"))
+    assert encoder.name == cfg.model.encoder
+    checkpoint["config"]["model"]["encoder"] = "resnet34"
     torch.save(checkpoint, tmp_path / "mislabelled.pt")
     linear(tmp_path, "probe", f"model.stage1_checkpoint={tmp_path / 'mislabelled.pt'}", expect=2)
     assert "do not fit resnet34" in capsys.readouterr().err

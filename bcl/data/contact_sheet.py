@@ -10,6 +10,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bcl._checks import is_int
 from bcl.data.base import ImageClassificationDataset
 
 __all__ = ["save_contact_sheet"]
@@ -57,7 +58,7 @@ def save_contact_sheet(
         ...     Image.open(save_contact_sheet(data, os.path.join(folder, "sheet.png"), per_class=2)).size
         (168, 188)
     """
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+    if not is_int(per_class) or per_class < 1:
         raise ValueError(f"per_class must be a positive int, got {per_class!r}")
     sizes = {tuple(image.shape[1:]) for image in dataset.images}
     if len(sizes) != 1:

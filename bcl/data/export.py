@@ -49,6 +49,7 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from bcl._checks import is_int
 from bcl import __version__
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.contact_sheet import save_contact_sheet
@@ -244,11 +245,11 @@ def _check_options(fmt: str, segmentation: str, split: str, image_size: Optional
     if fmt != "coco" and segmentation != "polygon":
         raise ValueError(f"segmentation={segmentation!r} is for the coco format only; YOLO labels hold boxes "
                          f"or polygons")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+    if image_size is not None and (not is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None (native) or a positive int, got {image_size!r}")
     if link and image_size is not None:
         raise ValueError("link=True (--link) links the source files, which cannot be resized: drop image_size or link")
-    if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 1:
+    if not is_int(min_area) or min_area < 1:
         raise ValueError(f"min_area must be an int >= 1 (pixels), got {min_area!r}")
     if not 0 < mask_threshold <= 1:
         raise ValueError(f"mask_threshold must be in (0, 1] (a fraction of full scale), got {mask_threshold!r}")

@@ -58,6 +58,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from bcl._checks import is_int
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -419,7 +420,7 @@ def _map_files(fn: Callable, paths: Sequence[PathLike], num_threads: Optional[in
     """``[fn(p) for p in paths]`` in a thread pool, in order; ImageDecodeError raised or returned."""
     if num_threads is None:
         num_threads = _default_threads()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    if not is_int(num_threads) or num_threads < 1:
         raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
 
     def one(p: PathLike):

@@ -20,13 +20,15 @@ from .encoders import (
     imagenet_weights_path,
     load_encoder_weights,
 )
-from .heads import NormedLinear, ProjectionHead, PrototypeHead
+from .heads import NormedLinear, ProjectionHead, PrototypeHead, build_classifier
+from .probe import LinearProbeModel
 
 __all__ = [
     "BCLModel",
     "CLASSIFIERS",
     "ENCODER_NAMES",
     "Encoder",
+    "LinearProbeModel",
     "NormedLinear",
     "PROTOTYPE_MODES",
     "PretrainedWeightsNotFoundError",
@@ -34,6 +36,7 @@ __all__ = [
     "PrototypeHead",
     "WeightsDownloadError",
     "WeightsLoadError",
+    "build_classifier",
     "build_encoder",
     "build_model",
     "fetch_imagenet_weights",

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from bcl._checks import is_int
 from bcl.choices import CLASSIFIERS, PROTOTYPE_MODES
 
 from .encoders import WeightsSpec, build_encoder
-from .heads import NormedLinear, ProjectionHead, PrototypeHead
+from .heads import ProjectionHead, PrototypeHead, build_classifier
 
 __all__ = ["BCLModel", "build_model", "CLASSIFIERS", "PROTOTYPE_MODES"]
 
@@ -57,26 +58,26 @@ class BCLModel(nn.Module):
     ) -> None:
         super().__init__()
         feature_dim = getattr(encoder, "feature_dim", None)
-        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+        if not is_int(feature_dim) or feature_dim < 1:
             raise ValueError(
                 f"encoder must expose a positive int attribute feature_dim (got {feature_dim!r}); "
                 "use bcl.models.build_encoder"
             )
-        if classifier not in CLASSIFIERS:
+        if classifier not in CLASSIFIERS:  # checked before any layer is built
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
         if prototypes not in PROTOTYPE_MODES:
             raise ValueError(f"prototypes must be one of {PROTOTYPE_MODES}, got {prototypes!r}")
         min_classes = 2 if prototypes == "classifier" else 1
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < min_classes:
+        if not is_int(num_classes) or num_classes < min_classes:
             raise ValueError(
                 f"num_classes must be an int >= {min_classes}"
                 + (" with prototypes='classifier' (BatchNorm over class rows)" if min_classes == 2 else "")
                 + f", got {num_classes!r}"
             )
-        if isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 1:
+        if not is_int(proj_dim) or proj_dim < 1:
             raise ValueError(f"proj_dim must be an int >= 1, got {proj_dim!r}")
         if proj_hidden_dim is not None and (
-            isinstance(proj_hidden_dim, bool) or not isinstance(proj_hidden_dim, int) or proj_hidden_dim < 1
+            not is_int(proj_hidden_dim) or proj_hidden_dim < 1
         ):
             raise ValueError(f"proj_hidden_dim must be None or an int >= 1, got {proj_hidden_dim!r}")
 
@@ -87,10 +88,7 @@ class BCLModel(nn.Module):
         self.classifier_type = classifier
         self.prototype_mode = prototypes
         self.projection_head = ProjectionHead(feature_dim, proj_hidden_dim, proj_dim)
-        if classifier == "cosine":
-            self.classifier: nn.Module = NormedLinear(feature_dim, num_classes, scale=scale)
-        else:
-            self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = build_classifier(classifier, feature_dim, num_classes, scale=scale)
         self.prototype_head: Optional[PrototypeHead] = None
         self.prototype_embeddings: Optional[nn.Parameter] = None
         if prototypes == "classifier":

@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NormedLinear", "ProjectionHead", "PrototypeHead"]
+from bcl._checks import is_int
+from bcl.choices import CLASSIFIERS
+
+__all__ = ["NormedLinear", "ProjectionHead", "PrototypeHead", "build_classifier"]
 
 
 def _check_dim(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -167,3 +170,26 @@ class PrototypeHead(ProjectionHead):
                 f"the class rows), got {class_weights.shape[0]}"
             )
         return super().forward(class_weights)
+
+
+def build_classifier(kind: str, in_features: int, num_classes: int, scale: float = 30.0) -> nn.Module:
+    """The classifier a ``model.classifier`` setting names, for every model that has one.
+
+    Args:
+        kind: ``"cosine"`` (:class:`NormedLinear`, logits bounded by ``scale``) or ``"linear"`` (``nn.Linear``).
+        in_features: Feature dimension F.
+        num_classes: Number of classes K.
+        scale: Logit scale of the cosine classifier (ignored for ``"linear"``).
+
+    Returns:
+        A module mapping ``[N, F]`` features to ``[N, K]`` logits.
+
+    Example:
+        >>> build_classifier("cosine", 16, 3)
+        NormedLinear(in_features=16, out_features=3, scale=30.0)
+    """
+    if kind not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {kind!r}")
+    if kind == "cosine":
+        return NormedLinear(in_features, num_classes, scale=scale)
+    return nn.Linear(in_features, num_classes)
