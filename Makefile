@@ -28,7 +28,9 @@ run: install
 		"BCL, own classifier=$(RUNS)/$(RUN_NAME)-bcl" "CE baseline=$(RUNS)/$(RUN_NAME)-ce"
 	@echo "Real MVTec transistor numbers: docs/results.md"
 
+# Lint (ruff: pyflakes, pycodestyle, bugbear, Google-style docstrings) then the whole suite.
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 clean:

@@ -1,7 +1,7 @@
 """Stage 2 and the baselines: a classifier on a frozen (linear probe) or fine-tuned encoder.
 
-    python train_linear.py --config configs/main_linear.yaml model.stage1_checkpoint=runs/<stage-1>/checkpoints/best.pt
-    python train_linear.py --resume runs/<name>
+python train_linear.py --config configs/main_linear.yaml model.stage1_checkpoint=runs/<stage-1>/checkpoints/best.pt
+python train_linear.py --resume runs/<name>
 """
 
 import sys

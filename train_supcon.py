@@ -1,7 +1,7 @@
 """Stage 1: contrastive pre-training with BalancedSupCon (or SupCon) from a YAML config.
 
-    python train_supcon.py --config configs/main_supcon.yaml [section.key=value ...]
-    python train_supcon.py --resume runs/<name>
+python train_supcon.py --config configs/main_supcon.yaml [section.key=value ...]
+python train_supcon.py --resume runs/<name>
 """
 
 import sys

@@ -71,8 +71,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _new_temporary(path: Path) -> tuple:
-    """A new hidden ``.<name>.<random>.tmp`` beside ``path``, opened for writing with the permissions a
-    plain ``open()`` gives (the umask applies; ``tempfile.mkstemp`` would make it 0600)."""
+    """Creates a new hidden ``.<name>.<random>.tmp`` beside ``path`` and opens it for writing.
+
+    It gets the permissions a plain ``open()`` gives (the umask applies; ``tempfile.mkstemp`` would make it 0600).
+
+    Returns:
+        ``(tmp, fd)``: the temporary file's path and its OS-level file descriptor, open for writing.
+    """
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
@@ -125,7 +130,7 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Writes ``text`` to ``path`` atomically: readers see the old file or the new one, never a mix.
+    r"""Writes ``text`` to ``path`` atomically: readers see the old file or the new one, never a mix.
 
     Args:
         path: The file to write; parent folders are created.
@@ -138,9 +143,9 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
-        ...     path = atomic_write_text(Path(folder) / "a" / "note.txt", "hello\\n")
+        ...     path = atomic_write_text(Path(folder) / "a" / "note.txt", "hello\n")
         ...     path.read_text(), sorted(p.name for p in path.parent.iterdir())
-        ('hello\\n', ['note.txt'])
+        ('hello\n', ['note.txt'])
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")

@@ -82,6 +82,14 @@ def _describe(metrics: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: prints the test results of ``LABEL=RUN_DIR`` runs side by side, with chance.
+
+    Args:
+        argv: The arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status: 0, or 2 on a user error (named on stderr).
+    """
     parser = argparse.ArgumentParser(description="Test results of finished runs side by side, with chance.")
     parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
     args = parser.parse_args(argv)

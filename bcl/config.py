@@ -100,9 +100,10 @@ class DataConfig:
     ``synthetic_test_seed``, which must differ) is the test part, so one test image is not 10 points.
     ``inner_folds`` > 0 (tuning) splits fold ``fold``'s training part again, stratified, and uses inner
     fold ``inner_fold`` of it as the test part: the outer test part is then not in the run at all, so
-    hyper-parameters chosen on such runs never saw it. Only when ``eval.selection=val`` is a stratified validation part (``val_fraction``) carved from the
-    training part for model selection; the test part is never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first
-    keeps the largest class-ratio subset of the data (seeded by ``split_seed``). ``paste_per_class``
+    hyper-parameters chosen on such runs never saw it. Only when ``eval.selection=val`` is a stratified
+    validation part (``val_fraction``) carved from the training part for model selection; the test part is
+    never looked at until the end. ``subsample_ratios`` (e.g. ``[2, 1, 1, 1, 1]``) first keeps the largest
+    class-ratio subset of the data (seeded by ``split_seed``). ``paste_per_class``
     adds that many training images per defect class, made by pasting a training defect's masked pixels
     onto a training good image at the same place (the images are aligned; seeded by ``run.seed``; test
     images are never read), see :func:`bcl.data.paste_defects`.
@@ -142,16 +143,26 @@ class DataConfig:
         _choice("data.layout", self.layout, FOLDER_LAYOUTS)
         _choice("data.augment", self.augment, AUGMENTS)
         if self.split == "folders" and self.dataset != "folder":
-            raise ConfigError(f"data.split=folders (train/ and test/ folders) needs data.dataset=folder, got {self.dataset!r}")
+            raise ConfigError(
+                f"data.split=folders (train/ and test/ folders) needs data.dataset=folder, got {self.dataset!r}"
+            )
         if self.class_names is not None and self.dataset != "folder":
-            raise ConfigError(f"data.class_names applies to data.dataset=folder only, got data.dataset={self.dataset!r}")
-        if self.imbalance_factor is not None and not (math.isfinite(self.imbalance_factor) and self.imbalance_factor >= 1):
-            raise ConfigError(f"data.imbalance_factor must be a finite number >= 1 (head / tail count), got {self.imbalance_factor}")
+            raise ConfigError(
+                f"data.class_names applies to data.dataset=folder only, got data.dataset={self.dataset!r}"
+            )
+        if self.imbalance_factor is not None and not (
+            math.isfinite(self.imbalance_factor) and self.imbalance_factor >= 1
+        ):
+            raise ConfigError(
+                f"data.imbalance_factor must be a finite number >= 1 (head / tail count), got {self.imbalance_factor}"
+            )
         if self.split == "generated":
             if self.dataset != "synthetic":
                 raise ConfigError(f"data.split=generated needs data.dataset=synthetic, got {self.dataset!r}")
             if self.subsample_ratios is not None:
-                raise ConfigError("data.subsample_ratios does not apply to data.split=generated: set data.synthetic_counts")
+                raise ConfigError(
+                    "data.subsample_ratios does not apply to data.split=generated: set data.synthetic_counts"
+                )
             if self.synthetic_test_seed == self.synthetic_seed:
                 raise ConfigError(
                     f"data.synthetic_test_seed must differ from data.synthetic_seed ({self.synthetic_seed}): "
@@ -166,7 +177,9 @@ class DataConfig:
                 raise ConfigError(f"data.inner_folds must be 0 (off) or >= 2 with data.split=kfold, got "
                                   f"{self.inner_folds} with data.split={self.split}")
             if not 0 <= self.inner_fold < self.inner_folds:
-                raise ConfigError(f"data.inner_fold must be in [0, data.inner_folds={self.inner_folds}), got {self.inner_fold}")
+                raise ConfigError(
+                    f"data.inner_fold must be in [0, data.inner_folds={self.inner_folds}), got {self.inner_fold}"
+                )
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0 < self.val_fraction < 1:
@@ -263,7 +276,10 @@ class ContrastiveLossConfig:
 
 @dataclass
 class ClassifierLossConfig:
-    """Stage-2 / baseline loss: ``ce`` | ``weighted_ce`` (class-balanced, ``cb_beta``) | ``focal`` | ``logit_adjusted``."""
+    """Stage-2 / baseline loss: ``ce`` | ``weighted_ce`` | ``focal`` | ``logit_adjusted``.
+
+    ``weighted_ce`` is the class-balanced cross-entropy (its class weights come from ``cb_beta``).
+    """
 
     name: str = "ce"
     focal_gamma: float = 2.0
@@ -314,7 +330,9 @@ class OptimConfig:
             if not 0 < self.decay_factor < 1:
                 raise ConfigError(f"optim.decay_factor must be in (0, 1), got {self.decay_factor}")
         elif self.decay_epochs:
-            raise ConfigError(f"optim.decay_epochs applies to optim.schedule=step only, got optim.schedule={self.schedule!r}")
+            raise ConfigError(
+                f"optim.decay_epochs applies to optim.schedule=step only, got optim.schedule={self.schedule!r}"
+            )
         _positive("optim.lr", self.lr)
         if not 0 < self.backbone_lr_scale <= 1:
             raise ConfigError(f"optim.backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")

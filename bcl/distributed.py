@@ -451,7 +451,7 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_same_config(config_text: str) -> None:
-    """Raises on every rank unless all ranks hold the same resolved config text (compared by sha256).
+    r"""Raises on every rank unless all ranks hold the same resolved config text (compared by sha256).
 
     A plain process does nothing.
 
@@ -460,7 +460,7 @@ def check_same_config(config_text: str) -> None:
         RuntimeError: Some ranks' configs differ from rank 0's (the message names them).
 
     Example:
-        >>> check_same_config("model: resnet32\\n")  # a plain process: nothing to compare
+        >>> check_same_config("model: resnet32\n")  # a plain process: nothing to compare
     """
     if not isinstance(config_text, str):
         raise TypeError(f"config_text must be the resolved config as a string, got {type(config_text).__name__}")

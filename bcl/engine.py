@@ -1,5 +1,6 @@
-"""The pieces both training stages share: data and splits, loaders, optimiser and schedule, seeding,
-feature extraction and evaluation.
+"""The pieces both training stages share.
+
+Data and splits, loaders, optimiser and schedule, seeding, feature extraction and evaluation.
 
 Every epoch's randomness (loader order, sampler, augmentations) is a function of (seed, epoch), so a
 run resumed from an epoch checkpoint continues exactly as if it had never stopped.
@@ -118,7 +119,8 @@ def seed_for_epoch(seed: int, epoch: int) -> int:
 def build_dataset(cfg: DataConfig) -> ImageClassificationDataset:
     """The labelled dataset, decoded once at ``cfg.image_size`` (no transform yet)."""
     if cfg.dataset == "synthetic":
-        dataset = SyntheticTransistor(counts=list(cfg.synthetic_counts), image_size=cfg.image_size, seed=cfg.synthetic_seed)
+        dataset = SyntheticTransistor(counts=list(cfg.synthetic_counts), image_size=cfg.image_size,
+                                      seed=cfg.synthetic_seed)
         if cfg.split == "generated":
             try:
                 test = SyntheticTransistor(counts=list(cfg.synthetic_test_counts), image_size=cfg.image_size,
@@ -207,8 +209,10 @@ def make_splits(dataset: ImageClassificationDataset, cfg: DataConfig, validation
 
 
 def _long_tail_training_part(dataset: ImageClassificationDataset, splits: DataSplits, cfg: DataConfig) -> DataSplits:
-    """Keeps an exponential long-tailed subsample of the training part (class order = head first, seeded by
-    ``split_seed``); validation and test parts are untouched (balanced test sets stay balanced)."""
+    """Keeps an exponential long-tailed subsample of the training part; validation and test are untouched.
+
+    Class order is head first and the subsample is seeded by ``split_seed``; balanced test sets stay balanced.
+    """
     labels = np.asarray(dataset.targets)[splits.train]
     try:
         kept = long_tail_subsample(labels, cfg.imbalance_factor, seed=cfg.split_seed)
@@ -257,7 +261,8 @@ def _train_sampler(dataset: ImageClassificationDataset, sampler_cfg: SamplerConf
         sampler = ClassAwareSampler(dataset.targets, q=sampler_cfg.q, seed=seed, num_replicas=world_size, rank=rank)
         sampler.set_epoch(epoch)
     elif world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=generator)
@@ -308,6 +313,7 @@ def train_loader(
 
 
 def eval_loader(dataset: ImageClassificationDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A loader over ``dataset`` in order (no shuffling, last partial batch kept), for evaluation."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
@@ -341,7 +347,11 @@ def build_optimizer(model: Union[nn.Module, Iterable[nn.Parameter]], cfg: OptimC
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
-    """Per-step linear warmup, then cosine decay to 0, constant, or step decay at ``decay_epochs``; saved in checkpoints."""
+    """The per-step schedule: linear warmup, then cosine decay to 0, constant, or step decay at ``decay_epochs``.
+
+    Returns:
+        A :class:`~torch.optim.lr_scheduler.LambdaLR` over ``optimizer`` (its state is saved in checkpoints).
+    """
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total)
 
@@ -369,7 +379,7 @@ def check_finite(terms: Dict[str, torch.Tensor], epoch: int, step: int) -> None:
 
 
 def progress(iterable, run_cfg: RunConfig, description: str, total: Optional[int] = None):
-    """tqdm when asked for and stderr is a terminal; the plain iterable otherwise."""
+    """Wraps ``iterable`` in a tqdm bar when asked for and stderr is a terminal; the plain iterable otherwise."""
     enabled = run_cfg.progress and sys.stderr.isatty()
     return tqdm(iterable, desc=description, total=total, leave=False, dynamic_ncols=True, disable=not enabled)
 

@@ -44,7 +44,13 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from bcl.checkpoints import atomic_copy, atomic_torch_save, atomic_write_text, check_checkpoint_safe, load_checkpoint_file
+from bcl.checkpoints import (
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write_text,
+    check_checkpoint_safe,
+    load_checkpoint_file,
+)
 from bcl.provenance import environment_info
 
 __all__ = [
@@ -127,7 +133,7 @@ def to_jsonable(obj: Any, name: str = "record") -> Any:
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
-    """Reads a JSON-lines file (one object per line), e.g. a run's ``metrics.jsonl``.
+    r"""Reads a JSON-lines file (one object per line), e.g. a run's ``metrics.jsonl``.
 
     A run killed mid-write can leave a partial last line: it is skipped with a warning. An unreadable
     line anywhere else is an error.
@@ -146,7 +152,7 @@ def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     path = Path(folder) / "log.jsonl"
-        ...     _ = path.write_text('{"epoch": 0}\\n{"epoch": 1}\\n{"epo')
+        ...     _ = path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo')
         ...     read_jsonl(path)
         [{'epoch': 0}, {'epoch': 1}]
     """

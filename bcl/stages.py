@@ -85,7 +85,8 @@ def load_trained_encoder(path: str, setting: str = "model.stage1_checkpoint",
         raise ConfigError(f"{setting} {path!r} is not a {wanted} checkpoint (stage: {found!r})")
     cfg = config_from_dict(SupConConfig if found == STAGE1 else LinearConfig, checkpoint["config"])
     # Checkpoints record their encoder's architecture; older stage-1 ones only have it in their config.
-    architecture = checkpoint.get("encoder") or {"name": cfg.model.encoder, "small_image_stem": cfg.model.small_image_stem}
+    architecture = checkpoint.get("encoder") or {"name": cfg.model.encoder,
+                                                 "small_image_stem": cfg.model.small_image_stem}
     encoder = Encoder(architecture["name"], small_image_stem=architecture["small_image_stem"])
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
@@ -160,8 +161,13 @@ def _encoder(model_cfg: Any) -> Encoder:
 
 
 def _check_launch_settings(cfg: Any) -> None:
-    """Settings that cannot work on this launch (GPU-only options, an indivisible batch) fail before
-    anything is built or written."""
+    """Fails on settings that cannot work on this launch, before anything is built or written.
+
+    Such settings are GPU-only options without a CUDA device, or a batch size the world size does not divide.
+
+    Raises:
+        ConfigError: One of those settings, named.
+    """
     try:
         check_batch_divisible(cfg.optim.batch_size)
     except ValueError as error:
@@ -170,12 +176,17 @@ def _check_launch_settings(cfg: Any) -> None:
     if cfg.train.sync_batchnorm and device.type != "cuda":
         raise ConfigError("train.sync_batchnorm=true needs CUDA: PyTorch's SyncBatchNorm works only on GPU modules")
     if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); use train.amp=bf16 on CPU")
+        raise ConfigError(
+            "train.amp=fp16 needs a CUDA device (it relies on a gradient scaler); use train.amp=bf16 on CPU"
+        )
 
 
 def _stage_data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
-    """The dataset and its parts, as both stages make them: a validation part only under
-    ``eval.selection=val``, pasted defects (if asked for) added to the training part."""
+    """The dataset and its parts, as both stages make them.
+
+    There is a validation part only under ``eval.selection=val``; pasted defects (if asked for) are added to
+    the training part.
+    """
     dataset = build_dataset(cfg.data)
     splits = make_splits(dataset, cfg.data, validation=cfg.eval.selection == "val")
     return add_pasted_defects(dataset, splits, cfg.data, cfg.run.seed)
@@ -188,8 +199,9 @@ def _stage_data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
 
 def stage1_objective(out: Dict[str, torch.Tensor], targets: torch.Tensor, contrastive: nn.Module,
                      logit_adjusted: nn.Module, alpha: float, beta: float, joint: bool) -> tuple:
-    """Stage 1's loss on one batch: ``alpha · LA-CE(view 0) + beta · contrastive(views 1..)`` (or the
-    contrastive term alone on every view when not ``joint``).
+    """Stage 1's loss on one batch: ``alpha · LA-CE(view 0) + beta · contrastive(views 1..)``.
+
+    When not ``joint``, the loss is the contrastive term alone, on every view.
 
     Args:
         out: the model's outputs for ``[B, V, 3, H, W]`` images: ``projections`` ``[B, V, D]``, ``logits``
@@ -291,7 +303,8 @@ def _classifier_loss(cfg: LinearConfig, train_counts: Sequence[int]) -> nn.Modul
         return LogitAdjustedLoss(list(train_counts), tau=cfg.loss.la_tau)
     if cfg.loss.name == "focal":
         return FocalLoss(gamma=cfg.loss.focal_gamma)
-    weight = class_balanced_weights(list(train_counts), beta=cfg.loss.cb_beta) if cfg.loss.name == "weighted_ce" else None
+    weight = (class_balanced_weights(list(train_counts), beta=cfg.loss.cb_beta) if cfg.loss.name == "weighted_ce"
+              else None)
     return nn.CrossEntropyLoss(weight=weight)
 
 
@@ -309,7 +322,8 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
     if cfg.model.stage1_checkpoint:
         encoder, stage1_cfg = load_stage1_encoder(cfg.model.stage1_checkpoint)
         _check_same_split(cfg, stage1_cfg, cfg.model.stage1_checkpoint)
-        logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem, cfg.model.stage1_checkpoint)
+        logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem,
+                    cfg.model.stage1_checkpoint)
     else:
         encoder = _encoder(cfg.model)
     dataset, splits = _stage_data(cfg)

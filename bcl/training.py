@@ -1,5 +1,7 @@
-"""The training loop both stages share, shaped like DINO's: :func:`train_one_epoch`, :func:`evaluate_part`,
-a :class:`Checkpointer`, and :func:`fit`, which runs them for a :class:`Stage` in a run folder.
+"""The training loop both stages share, shaped like DINO's.
+
+Its pieces are :func:`train_one_epoch`, :func:`evaluate_part`, a :class:`Checkpointer`, and :func:`fit`, which
+runs them for a :class:`Stage` in a run folder.
 
 A stage (:mod:`bcl.stages`) decides *what* is trained: the model, the data, the augmentation and the
 objective. This module decides *how*: device and DDP placement, per-epoch seeding, mixed precision,
@@ -120,7 +122,8 @@ class Checkpointer:
         saved_world = checkpoint.get("world_size", 1)
         if saved_world != self.world_size:
             logger.warning("resuming a run saved by %d process(es) with %d: training continues, but the data "
-                           "shards differ, so it will not repeat the original run exactly", saved_world, self.world_size)
+                           "shards differ, so it will not repeat the original run exactly",
+                           saved_world, self.world_size)
         return checkpoint["epoch"], checkpoint["best"], float(checkpoint.get("wall_time_s") or 0.0)
 
     def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -187,8 +190,10 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Any, optimiz
     return {f"train_{key}": float(all_reduce_sum(total.clone()).item()) / steps for key, total in sums.items()}
 
 
-def evaluate_part(stage: Stage, model: nn.Module, positions: Any, device: torch.device,
-                  reference: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+def evaluate_part(
+    stage: Stage, model: nn.Module, positions: Any, device: torch.device,
+    reference: Optional[Dict[str, torch.Tensor]] = None,
+) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """Metrics of the images at ``positions`` (classifier and kNN against the training part's features).
 
     Returns ``(metrics, reference)``: pass ``reference`` back in while the encoder cannot change (a linear
@@ -294,7 +299,8 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
                                   earlier_wall_time + time.perf_counter() - started)
             elapsed = time.perf_counter() - started
             left = (stop_at - epoch - 1) * elapsed / (epoch + 1 - start_epoch)
-            shown = f"  val {stage.selection} {record['val_' + stage.selection]:.3f}" if f"val_{stage.selection}" in record else ""
+            shown = (f"  val {stage.selection} {record['val_' + stage.selection]:.3f}"
+                     if f"val_{stage.selection}" in record else "")
             logger.info("%s epoch %d/%d  loss %.4f%s  %.1f s/epoch  elapsed %s  ETA %s", stage.label, epoch + 1,
                         cfg.optim.epochs, record.get("train_loss", float("nan")), shown,
                         time.perf_counter() - epoch_started, _clock(elapsed), _clock(left))
@@ -373,14 +379,17 @@ def _final_evaluation(stage: Stage, checkpointer: Checkpointer, board: TensorBoa
     final_step = cfg.optim.epochs
     board.scalars({k: v for k, v in test.items() if isinstance(v, (int, float))}, step=final_step, prefix="test")
     if "confusion_matrix" in test:
-        board.confusion_matrix(test["confusion_matrix"], dataset.class_names, step=final_step, tag="test/confusion_matrix")
+        board.confusion_matrix(test["confusion_matrix"], dataset.class_names, step=final_step,
+                               tag="test/confusion_matrix")
     board.hparams(config_to_dict(cfg),
-                  {f"hparam/test_{k}": test[k] for k in ("balanced_accuracy", "knn_balanced_accuracy") if test.get(k) is not None})
+                  {f"hparam/test_{k}": test[k] for k in ("balanced_accuracy", "knn_balanced_accuracy")
+                   if test.get(k) is not None})
     _log_projector(board, stage, outputs, final_step)
     return metrics
 
 
-def _log_projector(board: TensorBoardLogger, stage: Stage, outputs: Dict[str, Dict[str, torch.Tensor]], step: int) -> None:
+def _log_projector(board: TensorBoardLogger, stage: Stage, outputs: Dict[str, Dict[str, torch.Tensor]],
+                   step: int) -> None:
     """Class-stratified embeddings of every split, with class / split / prediction / correct and thumbnails."""
     per_class = stage.cfg.eval.projector_per_class
     if per_class == 0:

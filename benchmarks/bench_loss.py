@@ -94,7 +94,8 @@ def peak_step_memory(step, device):
         step()
         return torch.cuda.max_memory_allocated() - base
     activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True,
+                                with_stack=True) as prof:
         step()
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA in favour of snapshots; fine on CPU
@@ -135,7 +136,8 @@ def main():
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads; median of {args.reps} steps\n"
         "# peak = live tensors at the peak of one step; matrix = the size of one fp32 [V·B, V·B + C]\n\n"
-        "| C | matrix | " + " | ".join(f"{m} ms / peak MiB" for m in METHODS) + " | ours ÷ vectorized | official ÷ ours |\n"
+        "| C | matrix | " + " | ".join(f"{m} ms / peak MiB" for m in METHODS)
+        + " | ours ÷ vectorized | official ÷ ours |\n"
         "|---|---|" + "---|" * len(METHODS) + "---|---|\n"
     )
     for num_classes in args.classes:

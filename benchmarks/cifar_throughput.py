@@ -90,7 +90,8 @@ def main() -> None:
         out.write(f"| {name} | {rates[0]:.0f} | {rates[1]:.0f} |\n")
         out.flush()
     out.write("\n| augmentation (one process) | img/s |\n|---|---|\n")
-    for name, transform in (("classifier view: pad crop, flip, AutoAugment, Cutout", classifier_view(32, augment="cifar")),
+    for name, transform in (("classifier view: pad crop, flip, AutoAugment, Cutout",
+                             classifier_view(32, augment="cifar")),
                             ("contrastive view: crop, flip, colour jitter, grayscale", contrastive_view(32))):
         out.write(f"| {name} | {augment_images_per_second(transform, args.images):.0f} |\n")
         out.flush()

@@ -107,7 +107,8 @@ def concurrent(argv_a: Callable, argv_b: Callable, script: str = "train_supcon.p
         codes = [p.returncode for p in procs]
         run_dir = folder / "run" if (folder / "run").exists() else folder / "r"
         log = run_dir / "metrics.jsonl"
-        epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+        epochs = ([json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()]
+                  if log.exists() else [])
         if len(epochs) != len(set(epochs)):
             case.notes.append(f"MIXED: log epochs {epochs}")
         if sorted(codes) != [0, 2]:
@@ -134,7 +135,8 @@ def cases() -> List[Case]:
                           ("optim.lr=fast", "optim.lr"), ("optim.lrr=0.1", "optim.lrr"), ("foo.bar=1", "foo"),
                           ("optim.lr", "optim.lr"), ("data.image_size=8", "data.image_size"),
                           ("data.fold=5", "data.fold"), ("sampler.q=2", "sampler.q"), ("sampler.q=nan", "sampler.q"),
-                          ("data.crop_scale=[0.9,0.5]", "data.crop_scale"), ("model.encoder=resnet999", "model.encoder"),
+                          ("data.crop_scale=[0.9,0.5]", "data.crop_scale"),
+                          ("model.encoder=resnet999", "model.encoder"),
                           ("loss.name=triplet", "loss.name"), ("eval.selection=maybe", "eval.selection"),
                           ("eval.knn_k=0", "eval.knn_k"), ("run.checkpoint_every=0", "run.checkpoint_every"),
                           ("data.imbalance_factor=0.5", "data.imbalance_factor"),
@@ -170,8 +172,8 @@ def cases() -> List[Case]:
     add(Case("`run.output_dir` is a file", lambda f: tiny(f, "r", f"run.output_dir={write(f / 'file', b'x')}"),
              "file"))
     # (a chmod-ed folder would not stop root, so an unwritable place stands in for a read-only disk)
-    add(Case("`run.output_dir` not writable (`/proc/bcl-runs`)", lambda f: tiny(f, "r", "run.output_dir=/proc/bcl-runs"),
-             "/proc/bcl-runs"))
+    add(Case("`run.output_dir` not writable (`/proc/bcl-runs`)",
+             lambda f: tiny(f, "r", "run.output_dir=/proc/bcl-runs"), "/proc/bcl-runs"))
     add(Case("a new run under the name of a finished run", lambda f: tiny(f, "run", "model.proj_dim=16"), "--resume",
              setup=lambda f: copy_run(f.parent, "s1", f)))
     add(Case("`--resume` a folder that does not exist", lambda f: ["--resume", str(f / "nothing")], "nothing"))
@@ -252,7 +254,8 @@ def main() -> int:
         shown = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or [""])[-1]
         shown = shown.replace("|", "\\|").replace(str(args.out), "$OUT")
         notes = ("; " + "; ".join(case.notes)) if case.notes else ""
-        rows.append(f"| {number} | {case.name} ({case.script}) | {done.returncode} | {shown[:220]}{notes} | {outcome} |")
+        rows.append(f"| {number} | {case.name} ({case.script}) | {done.returncode} | {shown[:220]}{notes} "
+                    f"| {outcome} |")
         print(rows[-1], flush=True)
     print("\n| # | input or fault | exit | last line on stderr | verdict |\n|---|---|---|---|---|")
     print("\n".join(rows))

@@ -1,6 +1,7 @@
-"""The comparison suite for small data: tuning on inner folds, repeated stratified k-fold, paired CIs.
+r"""The comparison suite for small data: tuning on inner folds, repeated stratified k-fold, paired CIs.
 
-    python benchmarks/mvtec_suite.py --root $BCL_MVTEC_ROOT --protocol quick --out results/quick --report docs/results.md
+    python benchmarks/mvtec_suite.py --root $BCL_MVTEC_ROOT --protocol quick --out results/quick \
+        --report docs/results.md
 
 Three phases, every one resumable (a finished cell is a JSON file under ``cells/``, a rerun skips it):
 
@@ -412,7 +413,8 @@ def paired_difference(a: Dict[Tuple[int, int], float], b: Dict[Tuple[int, int], 
     """Mean of ``a - b`` over the cells both have, with a corrected resampled t-interval.
 
     Args:
-        a, b: ``{(repeat, fold): score}``.
+        a: ``{(repeat, fold): score}`` of the first method.
+        b: ``{(repeat, fold): score}`` of the second method, subtracted from ``a``.
         test_over_train: ``n_test / n_train`` of one cell (``1 / (folds - 1)`` for k-fold).
         level: Coverage of the interval.
 
@@ -435,7 +437,8 @@ def paired_difference(a: Dict[Tuple[int, int], float], b: Dict[Tuple[int, int], 
     return {"mean": mean, "std": std, "n": n, "low": mean - half, "high": mean + half}
 
 
-def _scores(cells: Sequence[Dict[str, Any]], row: str, metric: str = "balanced_accuracy") -> Dict[Tuple[int, int], float]:
+def _scores(cells: Sequence[Dict[str, Any]], row: str,
+            metric: str = "balanced_accuracy") -> Dict[Tuple[int, int], float]:
     return {(c["repeat"], c["fold"]): c["test"][metric] for c in cells
             if c["row"] == row and c["test"].get(metric) is not None}
 
@@ -478,7 +481,8 @@ def aggregate(main_cells: Sequence[Dict[str, Any]], ablation_cells: Sequence[Dic
         entry = _summarise(mine)
         base_cells = [c for c in main_cells if c["row"] == base and c["repeat"] == 0]
         entry["base"] = _summarise(base_cells) if base_cells else None
-        entry["vs_base"] = {"reference": base, **paired_difference(_scores(mine, name), _scores(base_cells, base), ratio)}
+        entry["vs_base"] = {"reference": base,
+                            **paired_difference(_scores(mine, name), _scores(base_cells, base), ratio)}
         summary["ablations"][name] = entry
     return summary
 
@@ -507,7 +511,8 @@ def results_table(summary: Dict[str, Any]) -> str:
                "(reference)" if name == "ce" else _diff(entry.get("vs_ce")),
                "(reference)" if name == best else _diff(entry.get("vs_best_ce")),
                _pct(entry["macro_f1"]), _pct(entry["good_vs_defect_auroc"]), _pct(entry["knn_good_vs_defect_auroc"]),
-               _pct(entry["knn_balanced_accuracy"]), f"{entry['wall_time_s']['mean'] / 60:.1f}", str(len(entry["cells"]))])
+               _pct(entry["knn_balanced_accuracy"]), f"{entry['wall_time_s']['mean'] / 60:.1f}",
+               str(len(entry["cells"]))])
     return markdown_table(header, rows)
 
 
@@ -569,8 +574,13 @@ def write_results(out: Path, summary: Dict[str, Any], cells: Sequence[Dict[str, 
 
 def write_figures(summary: Dict[str, Any], main_cells: Sequence[Dict[str, Any]], class_names: Sequence[str],
                   folder: Path) -> List[Path]:
-    """Per-class recall as one point per cell (recalls on 2-image classes take few values) with the mean
-    marked, and a confusion matrix (summed over cells) per method."""
+    """Writes the per-class recall figure and, per method, a confusion matrix summed over cells.
+
+    The recall figure shows one point per cell (recalls on 2-image classes take few values) with the mean marked.
+
+    Returns:
+        The paths of the PNG files written under ``folder``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -613,9 +623,15 @@ def write_figures(summary: Dict[str, Any], main_cells: Sequence[Dict[str, Any]],
     return written
 
 
-def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repeat: int = 0, fold: int = 0) -> Optional[Path]:
-    """A 2-D t-SNE map of the encoder features of every image, one panel per method (one cell's encoders);
-    the cell's training images are dots, its test images crosses."""
+def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repeat: int = 0,
+                        fold: int = 0) -> Optional[Path]:
+    """Writes a 2-D t-SNE map of the encoder features of every image, one panel per method.
+
+    The panels show one cell's encoders; the cell's training images are dots, its test images crosses.
+
+    Returns:
+        The path of the PNG written under ``folder``, or None when no method has a final checkpoint for the cell.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.manifold import TSNE
@@ -623,7 +639,8 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repe
     from bcl.engine import extract
     from bcl.stages import load_trained_encoder
 
-    available = [m for m in methods if _final_checkpoint(suite.run_dir("main", m, repeat, fold), suite.protocol).exists()]
+    available = [m for m in methods
+                 if _final_checkpoint(suite.run_dir("main", m, repeat, fold), suite.protocol).exists()]
     if not available:
         return None
     dataset = MVTecAD(suite.root, category=suite.category, image_size=suite.protocol.image_size)
@@ -634,10 +651,14 @@ def write_embedding_map(suite: Suite, methods: Sequence[str], folder: Path, repe
     figure = Figure(figsize=(5.5 * len(available), 5))
     FigureCanvasAgg(figure)
     for panel, name in enumerate(available, start=1):
-        encoder, _ = load_trained_encoder(str(_final_checkpoint(suite.run_dir("main", name, repeat, fold), suite.protocol)),
-                                          setting=f"the {name} checkpoint")
-        features = extract(_FeaturesOnly(encoder), dataset, suite.protocol.image_size, torch.device("cpu"))["features"].numpy()
-        points = TSNE(n_components=2, perplexity=min(30, len(features) - 1), init="pca", random_state=0).fit_transform(features)
+        encoder, _ = load_trained_encoder(
+            str(_final_checkpoint(suite.run_dir("main", name, repeat, fold), suite.protocol)),
+            setting=f"the {name} checkpoint",
+        )
+        features = extract(_FeaturesOnly(encoder), dataset, suite.protocol.image_size,
+                           torch.device("cpu"))["features"].numpy()
+        points = TSNE(n_components=2, perplexity=min(30, len(features) - 1), init="pca",
+                      random_state=0).fit_transform(features)
         axes = figure.add_subplot(1, len(available), panel)
         labels = np.asarray(dataset.targets)
         for k, class_name in enumerate(dataset.class_names):
@@ -696,7 +717,8 @@ def _num_images(cells: Sequence[Dict[str, Any]]) -> int:
 
 
 def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[str, List[Dict[str, Any]]],
-                 chosen: Dict[str, int], figures: Sequence[Path], machine: str, command: str, reading: str = "") -> None:
+                 chosen: Dict[str, int], figures: Sequence[Path], machine: str, command: str,
+                 reading: str = "") -> None:
     """``docs/results.md``: headline, recalls, ablation, tuning, figures, protocol, machine, wall time."""
     relative = [os.path.relpath(f, path.parent) for f in figures]
     every = [c for phase in cells.values() for c in phase]
@@ -708,7 +730,8 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
     lines = [
         "# Results: BCL against cross-entropy baselines on MVTec AD transistor",
         "",
-        "Generated by `python benchmarks/mvtec_suite.py`; every number below comes from the cells it ran. Do not edit by",
+        ("Generated by `python benchmarks/mvtec_suite.py`; every number below comes from the cells it ran. "
+         "Do not edit by"),
         "hand: rerun the command (finished cells are kept) to regenerate.",
         "",
         f"**Protocol `{p['name']}`**: {p['encoder']} from scratch (no pretrained weights), {p['image_size']} px, "
@@ -746,7 +769,8 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
     ]
     if summary["ablations"]:
         lines += ["## Ablation: what each lever buys", "",
-                  f"Over the {p['folds']} cells of repeat 0; Δ is paired with the method's own main cells of repeat 0.", "",
+                  f"Over the {p['folds']} cells of repeat 0; Δ is paired with the method's own main cells of "
+                  "repeat 0.", "",
                   ablation_table(summary), ""]
     lines += ["## Tuning (inner folds only)", "", tuning_table(cells.get("tune", []), chosen), ""]
     if reading:
@@ -761,7 +785,8 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
 def reproduce_command(argv: Sequence[str]) -> str:
     """The command that reruns the suite and rewrites the report (``--aggregate-only`` left out)."""
     env_root = os.environ.get("BCL_MVTEC_ROOT")
-    kept = ["$BCL_MVTEC_ROOT" if env_root and token == env_root else token for token in argv if token != "--aggregate-only"]
+    kept = ["$BCL_MVTEC_ROOT" if env_root and token == env_root else token
+            for token in argv if token != "--aggregate-only"]
     prefix = [] if "--root" in kept else ["BCL_MVTEC_ROOT=/path/to/mvtec_ad/transistor"]
     return " ".join([*prefix, "python benchmarks/mvtec_suite.py", *kept])
 
@@ -791,7 +816,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregate-only", action="store_true", help="only rebuild results from finished cells")
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNG figures (default <out>)")
     parser.add_argument("--report", type=Path, default=None, help="also write this markdown report (docs/results.md)")
-    parser.add_argument("--reading", type=Path, default=None, help="markdown file with a reading of the results, put in the report (keep it in docs/)")
+    parser.add_argument("--reading", type=Path, default=None,
+                        help="markdown file with a reading of the results, put in the report (keep it in docs/)")
     for name, kind in _OVERRIDABLE:
         parser.add_argument(f"--{name}", type=kind, default=None, help="override the protocol's value")
     return parser
@@ -805,7 +831,8 @@ def resolve_protocol(args: argparse.Namespace) -> Protocol:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     if not args.root:
         sys.stderr.write("error: give --root (the MVTec AD root or a category folder) or set BCL_MVTEC_ROOT\n")
         return 2
@@ -817,7 +844,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or Path("results") / protocol.name
     suite = Suite(out, str(args.root), args.category, protocol)
     sys.stdout.write(f"Suite: {json.dumps(_settings(suite)['protocol'])}\nMethods: "
-                     f"{', '.join(_with_prerequisites(args.methods))}; ablations: {', '.join(args.ablations) or 'none'}\n"
+                     f"{', '.join(_with_prerequisites(args.methods))}; "
+                     f"ablations: {', '.join(args.ablations) or 'none'}\n"
                      f"Machine: {machine_description()}\n")
     sys.stdout.flush()
     started = time.perf_counter()

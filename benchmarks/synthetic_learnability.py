@@ -41,7 +41,8 @@ def main() -> None:
     steps = args.epochs * ((len(x) + 31) // 32)
     scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=steps, pct_start=0.1)
                  if args.schedule == "onecycle" else None)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                 torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -29,7 +29,8 @@ def main() -> None:
         category = None if (Path(root) / "train").is_dir() else "transistor"
         for size, suffix in ((128, ""), (64, "_64px")):
             real = MVTecAD(root, category=category, image_size=size)
-            save_contact_sheet(real, IMAGES / f"real_contact_sheet{suffix}.png", title=f"MVTec AD transistor (real), {size} px")
+            save_contact_sheet(real, IMAGES / f"real_contact_sheet{suffix}.png",
+                               title=f"MVTec AD transistor (real), {size} px")
     else:
         logging.info("BCL_MVTEC_ROOT is not set: skipping the sheet of real photos")
 

@@ -1,5 +1,7 @@
-"""Lets test modules import the helpers beside them, and the suite in benchmarks/, however pytest is started
-(and so do spawned workers)."""
+"""Lets test modules import the helpers beside them, and the suite in benchmarks/.
+
+This holds however pytest is started (and so do spawned workers).
+"""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,7 @@
-"""The small-data suite end to end on a tiny MVTec tree: tuning on inner folds, repeated folds, paired
-differences and intervals checked by hand, resume, refusals."""
+"""The small-data suite end to end on a tiny MVTec tree.
+
+Tuning on inner folds, repeated folds, paired differences and intervals checked by hand, resume, refusals.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def test_suite_end_to_end_paired_differences_by_hand(finished):
                           for p in (out / "cells" / "tune").glob(f"{name}@{point}__*.json")]) for point in range(3)]
         assert json.loads((out / "tuning" / f"{name}.json").read_text())["chosen"] == int(np.argmax(means))
     text = report.read_text()
-    assert re.search(r"^\| CE \(instance sampling\) +\|", text, re.M) and "python benchmarks/mvtec_suite.py" in text and "corrected resampled" in text
+    assert (re.search(r"^\| CE \(instance sampling\) +\|", text, re.M) and "python benchmarks/mvtec_suite.py" in text
+            and "corrected resampled" in text)
     assert "## Ablation" in text and "## Tuning (inner folds only)" in text and "**yes**" in text
     assert (out / "results_per_class_recall.png").is_file() and (out / "results_tsne.png").is_file()
 
@@ -97,7 +100,8 @@ def test_tuning_runs_never_see_the_outer_test_part(tiny_root):
     seen = []
     for inner in (0, 1):
         cfg = load_config(LinearConfig, overrides=["data.dataset=mvtec", f"data.root={tiny_root}", "data.n_folds=2",
-                                                   "data.inner_folds=2", f"data.inner_fold={inner}", "data.image_size=32"])
+                                                   "data.inner_folds=2", f"data.inner_fold={inner}",
+                                                   "data.image_size=32"])
         splits = make_splits(build_dataset(cfg.data), cfg.data, validation=False)
         assert not set(splits.train) & set(outer.test_idx) and not set(splits.test) & set(outer.test_idx)
         assert not set(splits.train) & set(splits.test)

@@ -114,7 +114,8 @@ def bad(tmp_path, case):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["no classes", "empty class", "test only", "train only", "case clash", "non-image", "stray file"])
+@pytest.mark.parametrize("case", ["no classes", "empty class", "test only", "train only", "case clash", "non-image",
+                                  "stray file"])
 def test_bad_folders_are_one_error_naming_the_place(tmp_path, case):
     root, message = bad(tmp_path, case)
     with pytest.raises(ImageFolderError, match=message) as info:
@@ -192,7 +193,8 @@ def test_an_imbalance_factor_the_smallest_class_cannot_hold_is_named(tmp_path):
     (["optim.schedule=step", "optim.decay_epochs=[20,10]"], r"optim.decay_epochs must be increasing"),
     (["optim.schedule=step", "optim.decay_epochs=[40]"], r"in \[optim.warmup_epochs=2, optim.epochs=30\)"),
     (["optim.decay_epochs=[10]"], r"optim.decay_epochs applies to optim.schedule=step only"),
-    (["optim.schedule=step", "optim.decay_epochs=[10]", "optim.decay_factor=1.5"], r"optim.decay_factor must be in \(0, 1\)"),
+    (["optim.schedule=step", "optim.decay_epochs=[10]", "optim.decay_factor=1.5"],
+     r"optim.decay_factor must be in \(0, 1\)"),
 ])
 def test_bad_cifar_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -30,7 +30,8 @@ def test_every_shipped_config_loads(path, monkeypatch):
     cfg = load_config(schema_for(path), path)
     if cfg.data.dataset == "mvtec":
         assert cfg.data.root == "/data/mvtec_ad/transistor"  # interpolated from the environment
-    shorter = ["optim.epochs=1"] + (["optim.warmup_epochs=0", "optim.decay_epochs=[0]"] if cfg.optim.schedule == "step" else [])
+    shorter = ["optim.epochs=1"] + (["optim.warmup_epochs=0", "optim.decay_epochs=[0]"] if cfg.optim.schedule == "step"
+                                    else [])
     assert load_config(schema_for(path), path, shorter).optim.epochs == 1
 
 
@@ -57,7 +58,8 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("optim.epochz=3", r"unknown config key 'optim.epochz'; valid keys in 'optim': backbone_lr_scale, batch_size, decay_epochs, decay_factor, epochs"),
+        ("optim.epochz=3", r"unknown config key 'optim.epochz'; valid keys in 'optim': "
+                           r"backbone_lr_scale, batch_size, decay_epochs, decay_factor, epochs"),
         ("bogus=1", r"unknown config key 'bogus'; valid keys in the top level: data, eval"),
         ("optim.epochs=ten", r"bad value for 'optim.epochs'"),
         ("run.tensorboard=maybe", r"bad value for 'run.tensorboard'"),

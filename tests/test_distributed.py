@@ -30,8 +30,10 @@ def start(rank: int, port: int) -> None:
 
 
 def global_batch():
-    """8 images x 2 views; rank 0 holds classes {0, 1, 3}, rank 1 holds {1, 2}: class 3 only on rank 0,
-    class 2 only on rank 1, and the per-rank class counts differ."""
+    """8 images x 2 views; rank 0 holds classes {0, 1, 3}, rank 1 holds {1, 2}.
+
+    So class 3 is only on rank 0, class 2 only on rank 1, and the per-rank class counts differ.
+    """
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(8, 2, 6, dtype=torch.float64, generator=generator)
     labels = torch.tensor([0, 0, 1, 3, 1, 2, 2, 2])
@@ -84,8 +86,10 @@ def test_gathered_loss_and_gradients_equal_the_single_process_combined_batch(tmp
 
 
 class TinyJointModel(nn.Module):
-    """Encoder, projection head, classifier and learned prototypes, without BatchNorm (per-rank batch
-    statistics would differ from the combined batch's unless SyncBatchNorm is used)."""
+    """Encoder, projection head, classifier and learned prototypes, without BatchNorm.
+
+    Per-rank batch statistics would differ from the combined batch's unless SyncBatchNorm is used.
+    """
 
     def __init__(self):
         super().__init__()

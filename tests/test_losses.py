@@ -120,7 +120,8 @@ def test_matches_loop_reference_on_random_cases(seed):
 
     # float32 inputs follow the float64 reference to float32 precision
     ours32 = balanced_supcon_loss(
-        features.float(), labels, None if prototypes is None else prototypes.float(), temperature, class_averaging, normalize
+        features.float(), labels, None if prototypes is None else prototypes.float(), temperature, class_averaging,
+        normalize,
     )
     assert ours32.dtype == torch.float32
     torch.testing.assert_close(ours32.double(), expected.detach(), rtol=1e-4, atol=1e-4)

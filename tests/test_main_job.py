@@ -1,5 +1,7 @@
-"""The main job's pieces: the generated balanced test set, fixed-budget evaluation, defect pasting,
-the comparison table, and a tiny embedded run that must learn (beat chance by a clear margin)."""
+"""The main job's pieces, and a tiny embedded run that must learn (beat chance by a clear margin).
+
+The pieces: the generated balanced test set, fixed-budget evaluation, defect pasting, the comparison table.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""ImageNet weights as users get them: downloaded through a real HTTP server on 127.0.0.1 into a temporary
-TORCH_HOME, hash-checked, cached, never a hang; plus the lower backbone learning rate for fine-tuning."""
+"""ImageNet weights as users get them, plus the lower backbone learning rate for fine-tuning.
+
+The weights are downloaded through a real HTTP server on 127.0.0.1 into a temporary TORCH_HOME, hash-checked,
+cached, never a hang.
+"""
 
 from __future__ import annotations
 
@@ -218,7 +221,8 @@ def test_two_ranks_download_once_and_share_failures(tmp_path):
         results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
         assert server.requests == ["/missing-0123456789.pth", "/" + name]  # one request per file, from rank 0
     assert "HTTP Error 404" in results[0]["missing"]
-    assert results[1]["missing"].startswith("rank 0 could not get the ImageNet weights") and "404" in results[1]["missing"]
+    assert (results[1]["missing"].startswith("rank 0 could not get the ImageNet weights")
+            and "404" in results[1]["missing"])
     expected = str(torch_home / "hub" / "checkpoints" / name)
     assert [r["path"] for r in results] == [expected, expected]
     assert {r["sha256"] for r in results} == {hashlib.sha256(data).hexdigest()}
@@ -231,7 +235,8 @@ def test_imagenet_variants_come_from_torchvisions_enum(hub_dir):
     for arch in ("resnet18", "resnet34", "resnet50"):
         enum = torchvision.models.get_model_weights(arch)
         path, url, tag = imagenet_weights_path(arch)
-        assert (url, tag, path) == (enum.DEFAULT.url, enum.DEFAULT.name, hub_dir / "checkpoints" / url.rsplit("/", 1)[1])
+        assert (url, tag, path) == (enum.DEFAULT.url, enum.DEFAULT.name,
+                                    hub_dir / "checkpoints" / url.rsplit("/", 1)[1])
         for weights in enum:
             variant = weights.name.rsplit("_", 1)[1]
             assert imagenet_weights_path(arch, f"imagenet:{variant.lower()}")[1:] == (weights.url, weights.name)

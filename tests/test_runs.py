@@ -11,7 +11,13 @@ import pytest
 import torch
 
 import bcl.checkpoints as checkpoints
-from bcl.checkpoints import CheckpointError, atomic_torch_save, atomic_write_text, check_checkpoint_safe, checkpoint_safe
+from bcl.checkpoints import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    check_checkpoint_safe,
+    checkpoint_safe,
+)
 from bcl.provenance import environment_info, git_info
 from bcl.runs import RunDir, RunExistsError, read_jsonl
 

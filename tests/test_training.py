@@ -97,9 +97,11 @@ def test_stage1_joint_then_linear_probe_leaves_encoder_untouched(tmp_path, capsy
 
     # the probed encoder (weights and BatchNorm statistics) is bit-identical to stage 1's
     encoder1 = {k[len("encoder."):]: v for k, v in
-                torch.load(stage1 / "checkpoints" / "best.pt", weights_only=True)["model"].items() if k.startswith("encoder.")}
+                torch.load(stage1 / "checkpoints" / "best.pt", weights_only=True)["model"].items()
+                if k.startswith("encoder.")}
     encoder2 = {k[len("encoder."):]: v for k, v in
-                torch.load(stage2 / "checkpoints" / "last.pt", weights_only=True)["model"].items() if k.startswith("encoder.")}
+                torch.load(stage2 / "checkpoints" / "last.pt", weights_only=True)["model"].items()
+                if k.startswith("encoder.")}
     assert encoder1.keys() == encoder2.keys() and any("running_mean" in k for k in encoder1)
     assert all(torch.equal(encoder1[k], encoder2[k]) for k in encoder1)
     assert metrics["encoder_frozen"] is True
@@ -198,7 +200,8 @@ def test_stage2_refuses_a_stage1_encoder_trained_on_another_split(tmp_path, caps
 
 
 def test_missing_dataset_path_fails_before_training(tmp_path, capsys):
-    linear(tmp_path, "nodata", "model.finetune=true", "data.dataset=mvtec", f"data.root={tmp_path / 'nowhere'}", expect=2)
+    linear(tmp_path, "nodata", "model.finetune=true", "data.dataset=mvtec", f"data.root={tmp_path / 'nowhere'}",
+           expect=2)
     assert "nowhere" in capsys.readouterr().err
     linear(tmp_path, "noroot", "model.finetune=true", "data.dataset=mvtec", expect=2)
     assert "data.root" in capsys.readouterr().err

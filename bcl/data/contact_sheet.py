@@ -75,7 +75,8 @@ def save_contact_sheet(
         members = np.flatnonzero(targets == row)
         top = header + row * (height + gap)
         draw.text((4, top + height // 2 - 6), class_name, fill="black")
-        chosen = members[np.linspace(0, len(members) - 1, min(per_class, len(members))).round().astype(int)] if len(members) else []
+        chosen = (members[np.linspace(0, len(members) - 1, min(per_class, len(members))).round().astype(int)]
+                  if len(members) else [])
         for col, index in enumerate(chosen):
             pixels = dataset.images[index].permute(1, 2, 0).numpy().copy()
             mask = masks[index] if masks is not None else None

@@ -312,7 +312,10 @@ def export(source: Any, out: Union[str, os.PathLike], format: str = "coco", *, c
         category: MVTec category when ``source`` is the MVTec root.
         segmentation: COCO segmentation, ``"polygon"`` (outer contour) or ``"rle"`` (exact pixels).
         split: ``"kfold"`` (fold ``fold`` of ``n_folds``), ``"holdout"`` (``test_fraction``) or ``"all"``.
-        fold, n_folds, test_fraction, seed: As in a bcl run's ``data.*`` settings (``seed`` = ``split_seed``).
+        fold: With ``split="kfold"``, the fold that is the test part, as a bcl run's ``data.fold``.
+        n_folds: With ``split="kfold"``, the number of stratified folds, as a bcl run's ``data.n_folds``.
+        test_fraction: With ``split="holdout"``, the stratified test share, as a bcl run's ``data.test_fraction``.
+        seed: The split seed, as a bcl run's ``data.split_seed``.
         image_size: None (native) or ``S``: images resized to ``S x S`` as bcl does, masks nearest neighbour.
         link: Symlink source files instead of copying them (native size, files only).
         min_area: Smallest component kept, in pixels (at the output size).

@@ -1,4 +1,4 @@
-"""Image folders, the layout users bring: one folder per class, optionally split into ``train/`` and ``test/``.
+r"""Image folders, the layout users bring: one folder per class, optionally split into ``train/`` and ``test/``.
 
 Two layouts are read:
 
@@ -14,7 +14,7 @@ the order given (which then must name exactly the folders present).
 Images: any file PIL reads with an image extension (png, jpg/jpeg, bmp, tif/tiff, any case), decoded once
 through :func:`bcl.data.image_io.load_images` (the same colour, orientation, resizing and cache rules as
 :class:`~bcl.data.MVTecAD`). **Litter policy**: hidden entries (``.DS_Store``, ``._x.png``,
-``.ipynb_checkpoints``) and OS thumbnail / settings files (``Thumbs.db``, ``desktop.ini``, ``Icon\\r``)
+``.ipynb_checkpoints``) and OS thumbnail / settings files (``Thumbs.db``, ``desktop.ini``, ``Icon\r``)
 are ignored with one log line saying how many; any other file that is not an image, and any image that
 cannot be decoded, is an error naming the file — a dataset is never trained on silently less than what
 its folders hold.
@@ -97,7 +97,9 @@ def _class_images(folder: Path, litter: List[str]) -> List[Path]:
         if _is_litter(entry.name):
             litter.append(entry.path)
         elif entry.is_dir():
-            raise ImageFolderError(f"{entry.path}: a folder inside class folder {folder} (class folders hold images only)")
+            raise ImageFolderError(
+                f"{entry.path}: a folder inside class folder {folder} (class folders hold images only)"
+            )
         elif not is_image_file(entry.name):
             raise ImageFolderError(f"{entry.path}: not an image file (expected .png, .jpg, .jpeg, .bmp, .tif or .tiff)")
         else:
@@ -192,7 +194,9 @@ class ImageFolder(ImageClassificationDataset):
             parts = []
             for split in _SPLIT_FOLDERS:
                 if not (root / split).is_dir():
-                    raise ImageFolderError(f"layout train_test needs {root / split}/<class>/<image>; {root / split} is missing")
+                    raise ImageFolderError(
+                        f"layout train_test needs {root / split}/<class>/<image>; {root / split} is missing"
+                    )
                 parts.append((split, _class_folders(root / split, litter)))
             (_, train), (_, test) = parts
             only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
@@ -213,14 +217,18 @@ class ImageFolder(ImageClassificationDataset):
                     if mask_root is not None:
                         candidate = Path(os.fspath(mask_root)) / name / f"{path.stem}{mask_suffix}.png"
                         mask = str(candidate) if candidate.is_file() else None
-                    samples.append(Sample(path=str(path), split=split, class_name=name, class_index=index, mask_path=mask))
+                    samples.append(
+                        Sample(path=str(path), split=split, class_name=name, class_index=index, mask_path=mask)
+                    )
         if litter:
             logger.info("image folder %s: ignored %d hidden or OS files (e.g. %s)", root, len(litter), litter[0])
         cache = ImageCache(cache_dir) if cache_dir is not None else None
         images = load_images([s.path for s in samples], image_size, cache=cache, num_threads=num_threads)
         super().__init__(names, samples, images, transform)
         with_mask = [i for i, s in enumerate(samples) if s.mask_path is not None]
-        decoded = load_masks([samples[i].mask_path for i in with_mask], image_size, cache=cache, num_threads=num_threads)
+        decoded = load_masks(
+            [samples[i].mask_path for i in with_mask], image_size, cache=cache, num_threads=num_threads
+        )
         self.masks: List[Optional[torch.Tensor]] = [None] * len(samples)
         for i, mask in zip(with_mask, decoded):
             if tuple(mask.shape) != tuple(images[i].shape[-2:]):

@@ -1,12 +1,12 @@
-"""Supervised contrastive losses: Balanced Contrastive Learning (BCL) and SupCon.
+r"""Supervised contrastive losses: Balanced Contrastive Learning (BCL) and SupCon.
 
 The maths is DESIGN §2. For anchor ``i`` with label ``y`` and ``s(i, a) = z_i · a / τ``::
 
-    P(i) = A_y \\ {i}
-    D(i) = Σ_k w_k(i) Σ_{a ∈ A_k \\ {i}} exp s(i, a)
+    P(i) = A_y \ {i}
+    D(i) = Σ_k w_k(i) Σ_{a ∈ A_k \ {i}} exp s(i, a)
     L_i  = log D(i) − mean_{p ∈ P(i)} s(i, p)
 
-with ``w_k(i) = 1 / |A_k \\ {i}|`` under class averaging and ``w_k(i) = 1`` without it.
+with ``w_k(i) = 1 / |A_k \ {i}|`` under class averaging and ``w_k(i) = 1`` without it.
 The contrast set ``A`` is every view embedding plus, optionally, one prototype per class;
 only view embeddings are anchors. ``L`` is the mean of ``L_i`` over anchors that have a positive.
 """
@@ -299,12 +299,14 @@ class BalancedSupCon(nn.Module):
         self.gather = bool(gather)
 
     def forward(self, features: Tensor, labels: Tensor, prototypes: Optional[Tensor] = None) -> Tensor:
+        """Scalar loss of ``features`` ``[B, V, D]`` or ``[N, D]``, ``labels`` ``[B]``, ``prototypes`` ``[C, D]``."""
         return balanced_supcon_loss(
             features, labels, prototypes, self.temperature, self.class_averaging, self.normalize,
             self.check_finite, self.gather,
         )
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return (f"temperature={self.temperature}, class_averaging={self.class_averaging}, "
                 f"normalize={self.normalize}, gather={self.gather}")
 
@@ -337,7 +339,9 @@ class SupConLoss(nn.Module):
         self.gather = bool(gather)
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """Scalar loss of ``features`` ``[B, V, D]`` or ``[N, D]`` with ``labels`` ``[B]`` (None: SimCLR)."""
         return supcon_loss(features, labels, self.temperature, self.normalize, self.check_finite, self.gather)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"temperature={self.temperature}, normalize={self.normalize}, gather={self.gather}"

@@ -26,7 +26,9 @@ def _as_class_counts(class_counts: CountsLike) -> Tensor:
     """Returns counts as a 1-D float64 tensor, refusing forms that would give a silent wrong prior."""
     counts = torch.as_tensor(class_counts)
     if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"class_counts must be a non-empty 1-D sequence of per-class counts, got shape {list(counts.shape)}")
+        raise ValueError(
+            f"class_counts must be a non-empty 1-D sequence of per-class counts, got shape {list(counts.shape)}"
+        )
     if counts.dtype == torch.bool or counts.dtype.is_complex:
         raise ValueError(f"class_counts must hold numbers, got dtype {counts.dtype}")
     counts = counts.to(torch.float64)
@@ -44,15 +46,22 @@ def _check_logits_targets(logits: Tensor, targets: Tensor, num_classes: Optional
         shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"logits must have shape [B, C], got {shape}")
     if num_classes is not None and logits.shape[1] != num_classes:
-        raise ValueError(f"logits have {logits.shape[1]} classes (shape {list(logits.shape)}) but the loss was built for {num_classes}")
+        raise ValueError(
+            f"logits have {logits.shape[1]} classes (shape {list(logits.shape)}) "
+            f"but the loss was built for {num_classes}"
+        )
     if not isinstance(targets, Tensor) or targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
         shape = list(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets must have shape [B] = [{logits.shape[0]}] to match logits {list(logits.shape)}, got {shape}")
+        raise ValueError(
+            f"targets must have shape [B] = [{logits.shape[0]}] to match logits {list(logits.shape)}, got {shape}"
+        )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
     targets = targets.to(device=logits.device, dtype=torch.long)
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
-        raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got values in [{int(targets.min())}, {int(targets.max())}]")
+        raise ValueError(
+            f"targets must lie in [0, {logits.shape[1]}), got values in [{int(targets.min())}, {int(targets.max())}]"
+        )
     return targets
 
 
@@ -221,9 +230,11 @@ class LogitAdjustedLoss(nn.Module):
         self.register_buffer("log_priors", class_priors(class_counts).log())
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The loss of ``logits`` ``[B, C]`` against ``targets`` ``[B]``: a scalar, or ``[B]`` with ``"none"``."""
         return logit_adjusted_loss(logits, targets, self.log_priors, self.tau, self.reduction)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"num_classes={self.log_priors.numel()}, tau={self.tau}"
 
 
@@ -253,11 +264,15 @@ class FocalLoss(nn.Module):
         if alpha is not None:
             alpha = torch.as_tensor(alpha, dtype=torch.float32)
             if alpha.dim() != 1 or not bool(torch.isfinite(alpha).all()) or bool((alpha < 0).any()):
-                raise ValueError(f"alpha must be a 1-D sequence of finite non-negative class weights, got {alpha.tolist()}")
+                raise ValueError(
+                    f"alpha must be a 1-D sequence of finite non-negative class weights, got {alpha.tolist()}"
+                )
         self.register_buffer("alpha", alpha)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The loss of ``logits`` ``[B, C]`` against ``targets`` ``[B]``: a scalar, or ``[B]`` with ``"none"``."""
         return focal_loss(logits, targets, self.gamma, self.alpha, self.reduction)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"gamma={self.gamma}"

@@ -149,6 +149,7 @@ class BCLModel(nn.Module):
         }
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return (
             f"num_classes={self.num_classes}, proj_dim={self.proj_dim}, "
             f"classifier={self.classifier_type!r}, prototypes={self.prototype_mode!r}"

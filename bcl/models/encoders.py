@@ -53,7 +53,8 @@ _FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32":
 #: Supported architectures (:data:`bcl.choices.ENCODERS`) and their pooled feature dimension.
 ENCODER_NAMES: Dict[str, int] = {name: _FEATURE_DIMS[name] for name in ENCODERS}
 
-#: The CIFAR ResNets of :mod:`bcl.models.resnet_cifar`: built for 32 px, no torchvision counterpart, no ImageNet weights.
+#: The CIFAR ResNets of :mod:`bcl.models.resnet_cifar`: built for 32 px, no torchvision counterpart,
+#: no ImageNet weights.
 CIFAR_ENCODERS = ("resnet32",)
 
 # Keys under which training checkpoints commonly nest the state dict, in order of preference.
@@ -145,6 +146,7 @@ class Encoder(nn.Module):
         return self.backbone(x)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"name={self.name!r}, feature_dim={self.feature_dim}, small_image_stem={self.small_image_stem}"
 
 
@@ -252,7 +254,9 @@ def imagenet_weights_path(name: str, weights: str = "imagenet") -> Tuple[Path, s
     """
     _check_name(name)
     if name in CIFAR_ENCODERS:
-        raise ValueError(f"{name} is a 32 px CIFAR network with no ImageNet weights; use weights 'none' or a weights file")
+        raise ValueError(
+            f"{name} is a 32 px CIFAR network with no ImageNet weights; use weights 'none' or a weights file"
+        )
     url, tag = _imagenet_url(name, weights)
     # torch.hub.load_state_dict_from_url names the cached file after the URL's last path component.
     filename = os.path.basename(urllib.parse.urlparse(url).path)

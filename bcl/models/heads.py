@@ -123,6 +123,7 @@ class NormedLinear(nn.Module):
         return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}"
 
 

@@ -71,6 +71,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features ``[B, 64]`` of images ``x`` ``[B, 3, H, W]``."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
