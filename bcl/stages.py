@@ -32,7 +32,8 @@ from bcl.distributed import (
     init_distributed,
     is_main_process,
 )
-from bcl.engine import DataSplits, add_pasted_defects, build_dataset, make_splits, resolve_device
+from bcl.datasets import DataSplits, add_pasted_defects, build_dataset, make_splits
+from bcl.engine import resolve_device
 from bcl.losses import BalancedSupCon, FocalLoss, LogitAdjustedLoss, class_balanced_weights
 from bcl.models import BCLModel, Encoder, LinearProbeModel, build_encoder
 from bcl.runs import RunDir

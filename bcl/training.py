@@ -25,8 +25,8 @@ from bcl.checkpoints import atomic_write_text
 from bcl.config import config_to_dict, config_to_yaml
 from bcl.data import ImageClassificationDataset
 from bcl.distributed import all_reduce_sum, barrier, check_same_config, get_rank, get_world_size, is_main_process
+from bcl.datasets import DataSplits
 from bcl.engine import (
-    DataSplits,
     NonFiniteLossError,
     build_optimizer,
     build_scheduler,

@@ -17,7 +17,7 @@ import benchmarks.mvtec_suite as bench
 from benchmarks.mvtec_suite import Lever, Method, aggregate, check_definitions, main, paired_difference
 from bcl.config import LinearConfig, load_config
 from bcl.data import MVTecAD, stratified_kfold
-from bcl.engine import build_dataset, make_splits
+from bcl.datasets import build_dataset, make_splits
 from helpers.mvtec_tree import make_tiny_mvtec
 
 TINY = ["--methods", "ce", "focal", "--folds", "2", "--repeats", "2", "--inner-folds", "2", "--epochs", "1",

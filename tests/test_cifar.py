@@ -17,7 +17,8 @@ from PIL import Image
 from bcl.config import ConfigError, LinearConfig, OptimConfig, SupConConfig, load_config
 from bcl.metrics import GOOD_CLASS_METRICS
 from bcl.data import ImageDecodeError, ImageFolder, ImageFolderError, classifier_view
-from bcl.engine import build_dataset, build_scheduler, make_splits
+from bcl.datasets import build_dataset, make_splits
+from bcl.engine import build_scheduler
 from bcl.models import build_encoder
 from bcl.models.resnet_cifar import resnet32
 from bcl.stages import run_linear, run_supcon

@@ -1,8 +1,8 @@
 """The package's imports go one way, so there are no cycles and a newcomer can read it bottom up.
 
 Argument checks and choice lists -> checkpoint files and processes -> data / models / losses / metrics ->
-config and run folders -> engine -> training loop -> stages -> command line. A module may import its own
-package and lower layers only.
+config and run folders -> the data a config asks for and the loop's pieces -> training loop -> stages ->
+command line. A module may import its own package and lower layers only.
 """
 
 import ast
@@ -16,7 +16,7 @@ LAYERS = [
     {"bcl.checkpoints", "bcl.distributed", "bcl.provenance"},
     {"bcl.data", "bcl.samplers", "bcl.metrics", "bcl.models", "bcl.losses"},
     {"bcl.config", "bcl.runs", "bcl.tensorboard"},
-    {"bcl.engine"},
+    {"bcl.engine", "bcl.datasets"},
     {"bcl.training"},
     {"bcl.stages"},
     {"bcl.cli", "bcl.compare"},

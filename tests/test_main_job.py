@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bcl.compare import comparison_rows, main as compare_main
 from bcl.config import ConfigError, DataConfig, LinearConfig, SupConConfig, load_config
 from bcl.data import PASTED, SyntheticTransistor, paste_defects
-from bcl.engine import add_pasted_defects, build_dataset, make_splits
+from bcl.datasets import add_pasted_defects, build_dataset, make_splits
 from bcl.stages import run_linear
 
 GENERATED = ["data.split=generated", "data.image_size=32", "eval.selection=last"]

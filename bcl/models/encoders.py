@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 
+from bcl.checkpoints import CheckpointError, load_checkpoint_file
 from bcl.choices import ENCODERS
 
 from .resnet_cifar import resnet32
@@ -392,12 +393,9 @@ def _looks_like_path(text: str) -> bool:
 
 def _torch_load(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling, zip and format errors all mean "not a weights file"
-        raise WeightsLoadError(
-            f"could not load weights file {str(path)!r} with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        return load_checkpoint_file(path)
+    except CheckpointError as exc:  # unpickling, zip and format errors all mean "not a weights file"
+        raise WeightsLoadError(f"could not load weights file {str(path)!r}: {exc}") from exc
 
 
 def _is_state_dict(obj: object) -> bool:
