@@ -25,7 +25,6 @@ import os
 import pickle
 import re
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -36,7 +35,6 @@ __all__ = [
     "CheckpointError",
     "atomic_write_text",
     "atomic_torch_save",
-    "atomic_copy",
     "load_checkpoint_file",
     "check_checkpoint_safe",
     "checkpoint_safe",
@@ -168,30 +166,6 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
         The path written.
     """
     return _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_copy(source: PathLike, target: PathLike) -> Path:
-    """Copies ``source`` to ``target`` atomically (e.g. ``last.pt`` to ``best.pt``).
-
-    Args:
-        source: An existing file.
-        target: The destination; replaced atomically if it exists.
-
-    Returns:
-        The target path.
-
-    Raises:
-        FileNotFoundError: ``source`` does not exist.
-    """
-    source = Path(source)
-    if not source.is_file():
-        raise FileNotFoundError(f"cannot copy {source}: no such file")
-
-    def write(handle: Any) -> None:
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, handle, length=16 * 1024 * 1024)
-
-    return _atomic_write(target, write)
 
 
 # ----------------------------------------------------------------------------------------------------

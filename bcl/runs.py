@@ -45,7 +45,6 @@ import numpy as np
 import torch
 
 from bcl.checkpoints import (
-    atomic_copy,
     atomic_torch_save,
     atomic_write_text,
     check_checkpoint_safe,
@@ -457,10 +456,6 @@ class RunDir:
         _check_name(name)
         return self.checkpoint_dir / name
 
-    def has_checkpoint(self, name: str = LAST_CHECKPOINT) -> bool:
-        """Whether ``checkpoints/<name>`` exists."""
-        return self.checkpoint_path(name).is_file()
-
     # Files ------------------------------------------------------------------------------------------
 
     def save_config(self, text: str) -> Path:
@@ -484,10 +479,6 @@ class RunDir:
         path = atomic_torch_save(state, self.checkpoint_path(name))
         logger.debug("saved checkpoint %s", path)
         return path
-
-    def copy_checkpoint(self, source: str = LAST_CHECKPOINT, target: str = "best.pt") -> Path:
-        """Copies ``checkpoints/<source>`` to ``checkpoints/<target>`` atomically (e.g. keep the best)."""
-        return atomic_copy(self.checkpoint_path(source), self.checkpoint_path(target))
 
     def load_checkpoint(self, name: str = LAST_CHECKPOINT, map_location: Any = "cpu") -> Dict[str, Any]:
         """Loads ``checkpoints/<name>`` with ``weights_only=True``.
@@ -531,10 +522,6 @@ class RunDir:
         text = json.dumps(to_jsonable(metrics, "metrics"), indent=2, sort_keys=True, allow_nan=False,
                           ensure_ascii=False)
         return atomic_write_text(self.metrics_path, text + "\n")
-
-    def read_metrics(self) -> Dict[str, Any]:
-        """The contents of ``metrics.json``."""
-        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
 
     def write_environment(self, code_path: Optional[PathLike] = None) -> Dict[str, Any]:
         """Writes ``environment.json`` (see :func:`environment_info`) and returns its contents."""

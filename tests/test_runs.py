@@ -97,7 +97,7 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, caplog):
     run.append_log({"epoch": 7})
     with caplog.at_level(logging.WARNING, logger="bcl.runs"):
         fresh = RunDir.open(tmp_path, "r1", mode="overwrite")
-    assert fresh.path == run.path and not fresh.has_checkpoint() and not fresh.log_path.exists()
+    assert fresh.path == run.path and not fresh.checkpoint_path().exists() and not fresh.log_path.exists()
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("r1.replaced-")]
     assert len(aside) == 1 and re.fullmatch(r"r1\.replaced-\d{8}T\d{6}Z", aside[0].name)
     old = RunDir(aside[0])
@@ -132,7 +132,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     assert path == run.checkpoint_dir / "last.pt"
     assert_same(saved, torch.load(path, weights_only=True))
     assert_same(saved, run.load_checkpoint())
-    run.copy_checkpoint("last.pt", "best.pt")
+    run.save_checkpoint(saved, "best.pt")
     assert_same(saved, run.load_checkpoint("best.pt"))
     assert sorted(p.name for p in run.checkpoint_dir.iterdir()) == ["best.pt", "last.pt"]
 
@@ -190,7 +190,7 @@ def test_unsafe_contents_are_refused_at_save_time(tmp_path):
         run.save_checkpoint({"lr": np.float64(0.1)})
     with pytest.raises(TypeError, match=r"state\['fn'\]"):
         run.save_checkpoint({"fn": len})
-    assert not run.has_checkpoint()
+    assert not run.checkpoint_path().exists()
     # checkpoint_safe converts such values, and the result round-trips with weights_only.
     converted = checkpoint_safe({"sampler": {"counts": np.array([3, 1])}, "lr": np.float64(0.1), "p": Path("x")})
     check_checkpoint_safe(converted)
@@ -249,8 +249,8 @@ def test_metrics_json(tmp_path):
     run = RunDir.open(tmp_path, "r1")
     metrics = {"test": {"balanced_accuracy": np.float64(0.75), "per_class": np.array([1.0, 0.5])}, "a": 1}
     run.write_metrics(metrics)
-    assert run.read_metrics() == {"a": 1, "test": {"balanced_accuracy": 0.75, "per_class": [1.0, 0.5]}}
     text = run.metrics_path.read_text()
+    assert json.loads(text) == {"a": 1, "test": {"balanced_accuracy": 0.75, "per_class": [1.0, 0.5]}}
     assert text.index('"a"') < text.index('"test"') and "\n  " in text  # sorted, indented
 
 

@@ -118,7 +118,7 @@ def _check_size(image_size: SizeLike) -> Optional[Tuple[int, int]]:
     else:
         h = w = image_size
     for v in (h, w):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        if not is_int(v) or v <= 0:
             raise ValueError(f"image_size must be None, a positive int or a pair (H, W) of them, got {image_size!r}")
     return int(h), int(w)
 

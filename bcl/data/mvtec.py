@@ -53,6 +53,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from bcl._checks import is_int
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.image_io import ImageCache, ImageDecodeError, _check_size, is_image_file, load_images, load_masks
 
@@ -345,7 +346,7 @@ class MVTecAD(ImageClassificationDataset):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be one of {list(_ON_ERROR)}, got {on_error!r}")
         size = _check_size(image_size)
-        bad_threads = isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        bad_threads = not is_int(num_threads) or num_threads < 1
         if num_threads is not None and bad_threads:
             raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
         if category is not None and (not isinstance(category, str) or not category):

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from bcl._checks import is_int
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -36,7 +38,7 @@ DEFAULT_CROP_SCALE = (0.5, 1.0)
 
 
 def _check_size(image_size: int) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+    if not is_int(image_size) or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8 (pixels), got {image_size!r}")
     return image_size
 
@@ -226,7 +228,7 @@ def bcl_train_transform(
         >>> bcl_train_transform(32)(torch.zeros(3, 32, 32, dtype=torch.uint8)).shape
         torch.Size([3, 3, 32, 32])
     """
-    if isinstance(contrastive_views, bool) or not isinstance(contrastive_views, int) or contrastive_views < 1:
+    if not is_int(contrastive_views) or contrastive_views < 1:
         raise ValueError(f"contrastive_views must be an int >= 1, got {contrastive_views!r}")
     views: List[Callable] = []
     if classifier_view_first:

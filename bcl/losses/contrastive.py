@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from bcl._checks import is_real
 from bcl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, get_rank, get_world_size
 
 __all__ = ["balanced_supcon_loss", "supcon_loss", "BalancedSupCon", "SupConLoss"]
@@ -28,7 +29,7 @@ _FEATURE_FORMS = "[B, V, D] (B images, V views each) or [N, D] (one view)"
 
 
 def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if not is_real(temperature) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     return float(temperature)
 

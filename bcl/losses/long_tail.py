@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bcl._checks import is_real
+
 __all__ = [
     "class_priors",
     "class_balanced_weights",
@@ -109,7 +111,7 @@ def class_balanced_weights(class_counts: CountsLike, beta: float = 0.9999) -> Te
         >>> [round(w, 3) for w in class_balanced_weights([100, 10], beta=0.99).tolist()]
         [0.262, 1.738]
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+    if not is_real(beta) or not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
     counts = _as_class_counts(class_counts)
     # -expm1(n·log β) = 1 − β^n without cancellation when β is close to 1.
@@ -195,7 +197,7 @@ def focal_loss(
 
 
 def _check_nonnegative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if not is_real(value) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
 

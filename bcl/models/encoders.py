@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 
+from bcl._checks import is_real
 from bcl.checkpoints import CheckpointError, load_checkpoint_file
 from bcl.choices import ENCODERS
 
@@ -293,7 +294,7 @@ def fetch_imagenet_weights(
         PretrainedWeightsNotFoundError: Not cached and ``allow_download=False``.
         WeightsDownloadError: No connection, a timeout, an HTTP error, or a file failing its hash check.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+    if not is_real(timeout_s) or not timeout_s > 0:
         raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
     path, url, tag = imagenet_weights_path(name, weights)
     if not (dist.is_available() and dist.is_initialized()):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcl._checks import is_int
+from bcl._checks import is_int, is_real
 from bcl.choices import CLASSIFIERS
 
 __all__ = ["NormedLinear", "ProjectionHead", "PrototypeHead", "build_classifier"]
@@ -99,7 +99,7 @@ class NormedLinear(nn.Module):
         super().__init__()
         self.in_features = _check_dim("in_features", in_features)
         self.out_features = _check_dim("out_features", out_features)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        if not is_real(scale) or not scale > 0:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.scale = float(scale)
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from bcl._checks import is_int
+from bcl._checks import is_int, is_real
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.synthetic.raster import render_image
 from bcl.data.synthetic.scene import CLASS_NAMES
@@ -49,7 +48,7 @@ def _check_seed(seed) -> int:
 
 def _check_nuisance(nuisance) -> float:
     # Above MAX_NUISANCE the jitter would reach nonsense (e.g. negative exposure), so it is refused.
-    if isinstance(nuisance, bool) or not isinstance(nuisance, numbers.Real):
+    if not is_real(nuisance):
         raise TypeError(f"nuisance must be a number in [0, {MAX_NUISANCE}], got {nuisance!r}")
     if not 0.0 <= nuisance <= MAX_NUISANCE:
         raise ValueError(f"nuisance must be a number in [0, {MAX_NUISANCE}], got {nuisance}")
