@@ -197,7 +197,7 @@ def _check_weights(weights: str, encoder: str, download_timeout_s: float) -> Non
     _positive("model.download_timeout_s", download_timeout_s)
     if not weights.strip().lower().startswith("imagenet"):
         return
-    from bcl.models.encoders import _IMAGENET_SPEC, imagenet_weights_path  # lazy: only then import torchvision
+    from bcl.models.pretrained import _IMAGENET_SPEC, imagenet_weights_path  # lazy: only then import torchvision
 
     if _IMAGENET_SPEC.fullmatch(weights.strip()):
         try:

@@ -144,7 +144,7 @@ def test_imagenet_with_small_stem_skips_conv1_with_warning(hub_dir, no_network, 
     expected.parent.mkdir(parents=True)
     state = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(state, expected)
-    with caplog.at_level(logging.WARNING, logger="bcl.models.encoders"):
+    with caplog.at_level(logging.WARNING, logger="bcl.models.pretrained"):
         enc = build_encoder("resnet18", weights="imagenet", small_image_stem=True)
     assert any("conv1" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     own = enc.backbone.state_dict()

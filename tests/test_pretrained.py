@@ -34,7 +34,7 @@ from bcl.models import (
     fetch_imagenet_weights,
     imagenet_weights_path,
 )
-from bcl.models import encoders
+from bcl.models import pretrained
 from bcl.stages import LinearProbeModel, run_linear
 from process_launch import free_port, launch
 
@@ -98,7 +98,7 @@ def silent_server():
 
 def serve_as_imagenet(monkeypatch, url: str) -> None:
     """The one seam: torchvision's enum URL for every architecture becomes ``url``."""
-    monkeypatch.setattr(encoders, "_imagenet_url", lambda name, weights="imagenet": (url, "IMAGENET1K_V1"))
+    monkeypatch.setattr(pretrained, "_imagenet_url", lambda name, weights="imagenet": (url, "IMAGENET1K_V1"))
 
 
 def cache_listing(hub: Path) -> list:
@@ -115,7 +115,7 @@ def test_first_build_downloads_and_checks_the_hash_the_second_reads_the_cache(hu
     name, data = weights_file(state, "resnet18")
     with WeightsServer({name: data}) as server:
         serve_as_imagenet(monkeypatch, server.url + name)
-        with caplog.at_level("INFO", logger="bcl.models.encoders"):
+        with caplog.at_level("INFO", logger="bcl.models.pretrained"):
             first = build_encoder("resnet18", weights="imagenet")
         assert server.requests == ["/" + name]
         assert any("downloading ImageNet weights" in r.getMessage() for r in caplog.records)
@@ -197,13 +197,14 @@ def download_worker(rank: int, port: int, base_url: str, torch_home: str, out: s
     dist.init_process_group("gloo", rank=rank, world_size=2)
     result = {}
     try:
-        encoders._imagenet_url = lambda name, weights="imagenet": (base_url + "missing-0123456789.pth", "IMAGENET1K_V1")
+        missing = base_url + "missing-0123456789.pth"
+        pretrained._imagenet_url = lambda name, weights="imagenet": (missing, "IMAGENET1K_V1")
         try:
             fetch_imagenet_weights("resnet18", timeout_s=5.0)
         except WeightsDownloadError as error:
             result["missing"] = str(error)
         name = weights_file(TINY)[0]
-        encoders._imagenet_url = lambda name_, weights="imagenet": (base_url + name, "IMAGENET1K_V1")
+        pretrained._imagenet_url = lambda name_, weights="imagenet": (base_url + name, "IMAGENET1K_V1")
         path = fetch_imagenet_weights("resnet18", timeout_s=5.0)
         result["path"], result["sha256"] = str(path), hashlib.sha256(path.read_bytes()).hexdigest()
     finally:

@@ -9,9 +9,8 @@ Example:
 """
 
 from .bcl_model import CLASSIFIERS, PROTOTYPE_MODES, BCLModel, build_model
-from .encoders import (
-    ENCODER_NAMES,
-    Encoder,
+from .encoders import ENCODER_NAMES, Encoder
+from .pretrained import (
     PretrainedWeightsNotFoundError,
     WeightsDownloadError,
     WeightsLoadError,

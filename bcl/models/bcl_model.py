@@ -12,7 +12,7 @@ from torch import nn
 from bcl._checks import is_int
 from bcl.choices import CLASSIFIERS, PROTOTYPE_MODES
 
-from .encoders import WeightsSpec, build_encoder
+from .pretrained import WeightsSpec, build_encoder
 from .heads import ProjectionHead, PrototypeHead, build_classifier
 
 __all__ = ["BCLModel", "build_model", "CLASSIFIERS", "PROTOTYPE_MODES"]
