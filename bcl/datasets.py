@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -48,11 +48,10 @@ class DataSplits:
     train_counts: Tuple[int, ...]
 
     @classmethod
-    def of(cls, dataset: ImageClassificationDataset, train: Iterable[int], val: Iterable[int],
-           test: Iterable[int]) -> "DataSplits":
+    def of(cls, dataset: ImageClassificationDataset, train: Sequence[int], val: Sequence[int],
+           test: Sequence[int]) -> "DataSplits":
         """The parts of ``dataset`` at these positions, with the training part's counts per class."""
-        train, val, test = (np.asarray(list(part) if not isinstance(part, np.ndarray) else part, dtype=np.int64)
-                            for part in (train, val, test))
+        train, val, test = (np.asarray(part, dtype=np.int64) for part in (train, val, test))
         counts = class_counts(np.asarray(dataset.targets)[train], num_classes=len(dataset.class_names))
         return cls(train, val, test, tuple(int(n) for n in counts))
 
