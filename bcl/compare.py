@@ -71,12 +71,20 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str
     return rows
 
 
-def _describe(metrics: Mapping[str, Any]) -> str:
-    counts = ":".join(str(n) for n in metrics.get("train_counts", []))
-    support = metrics["test"].get("per_class_support") or {}
-    tested = ", ".join(f"{support[name]} {name}" for name in metrics["class_names"] if name in support)
-    return (f"trained on {counts} images per class ({', '.join(metrics['class_names'])}; pasted images, if any, "
-            f"included), tested once on "
+def _describe(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the runs were trained and tested on; training counts per group of runs when they differ."""
+    groups: Dict[str, List[str]] = {}
+    for label, metrics in runs.items():
+        groups.setdefault(":".join(str(n) for n in metrics.get("train_counts", [])), []).append(label)
+    if len(groups) == 1:
+        trained = f"trained on {next(iter(groups))} images per class"
+    else:
+        trained = "trained on " + ", ".join(f"{counts} ({', '.join(labels)})" for counts, labels in groups.items()) \
+            + " images per class"
+    first = next(iter(runs.values()))
+    support = first["test"].get("per_class_support") or {}
+    tested = ", ".join(f"{support[name]} {name}" for name in first["class_names"] if name in support)
+    return (f"{trained} ({', '.join(first['class_names'])}; pasted images, if any, included), tested once on "
             f"{sum(support.values())} images ({tested}); columns are test balanced accuracy, per-class recall "
             "and good-vs-defect AUROC, in %")
 
@@ -106,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     first = next(iter(runs.values()))
     columns = ["balanced_accuracy", *first["class_names"], "good_vs_defect_auroc"]
-    sys.stdout.write(f"\nTest results: {_describe(first)}.\n\n{format_results_table(rows, columns)}\n")
+    sys.stdout.write(f"\nTest results: {_describe(runs)}.\n\n{format_results_table(rows, columns)}\n")
     logdirs = {str(Path(item.partition("=")[2]).resolve().parent) for item in args.runs}
     sys.stdout.write("\n" + "\n".join(tensorboard_hint(Path(d)) for d in sorted(logdirs)) + "\n")
     return 0

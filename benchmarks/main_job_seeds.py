@@ -2,8 +2,8 @@
 
 Each seed runs the three runs of the main job (BCL stage 1, the linear probe on it, the CE baseline)
 with ``run.seed`` set (initialisation, augmentation, loader order and the pasted defects); the data
-(training seed 0, test seed 1) stays the same. Finished runs are kept, so an interrupted sitting
-continues where it stopped. Run it on an idle machine: it is ~4 minutes a seed on 2 cores.
+(training seed 0, test seed 2, as in the configs) stays the same. Finished runs are kept, so an interrupted sitting
+continues where it stopped. Run it on an idle machine: about 6.5 minutes a seed on a 2-core AMD EPYC.
 
     python benchmarks/main_job_seeds.py --out /tmp/bcl-main-seeds --seeds 0 1 2
 """

@@ -135,6 +135,13 @@ def test_compare_command_names_an_unfinished_run(tmp_path, capsys):
     assert compare_main([f"A={tmp_path / 'done'}"]) == 0
     out = capsys.readouterr().out
     assert "| chance |" in out and "75.0" in out and "tensorboard" in out and "Color by" in out
+    assert "trained on 9:1 images per class" in out
+    other = _metrics(0.5, {"good": 0.5, "bent_lead": 0.5})
+    other["train_counts"] = [9, 3]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").write_text(json.dumps(other))
+    assert compare_main([f"A={tmp_path / 'done'}", f"B={tmp_path / 'other'}"]) == 0
+    assert "trained on 9:1 (A), 9:3 (B) images per class" in capsys.readouterr().out
     assert compare_main([f"A={tmp_path / 'done'}", f"B={tmp_path / 'missing'}"]) == 2
     assert "missing/metrics.json does not exist" in capsys.readouterr().err
     assert compare_main(["no-label"]) == 2
