@@ -36,15 +36,13 @@ import torch
 
 from bcl.choices import FOLDER_LAYOUTS
 from bcl.data.base import ImageClassificationDataset, Sample
-from bcl.data.image_io import ImageCache, is_image_file, load_images, load_masks
+from bcl.data.image_io import ImageCache, is_image_file, is_os_litter, load_images, load_masks, sorted_entries
 
 __all__ = ["FOLDER_LAYOUTS", "ImageFolder", "ImageFolderError"]
 
 logger = logging.getLogger(__name__)
 
 
-# Files operating systems drop into folders; matched case-insensitively.
-_OS_LITTER = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
 _SPLIT_FOLDERS = ("train", "test")
 
 
@@ -52,14 +50,9 @@ class ImageFolderError(ValueError):
     """An image folder whose layout cannot be a dataset (the message names the folder or file)."""
 
 
-def _is_litter(name: str) -> bool:
-    return name.startswith(".") or name.lower() in _OS_LITTER
-
-
 def _entries(folder: Path) -> List[os.DirEntry]:
     try:
-        with os.scandir(folder) as it:
-            return sorted(it, key=lambda e: e.name)
+        return sorted_entries(folder)
     except FileNotFoundError:
         raise ImageFolderError(f"image folder {folder} does not exist") from None
     except NotADirectoryError:
@@ -69,7 +62,7 @@ def _entries(folder: Path) -> List[os.DirEntry]:
 def _class_folders(folder: Path, litter: List[str]) -> Dict[str, Path]:
     classes: Dict[str, Path] = {}
     for entry in _entries(folder):
-        if _is_litter(entry.name):
+        if is_os_litter(entry.name):
             litter.append(entry.path)
         elif entry.is_dir():
             classes[entry.name] = Path(entry.path)
@@ -94,7 +87,7 @@ def _class_folders(folder: Path, litter: List[str]) -> Dict[str, Path]:
 def _class_images(folder: Path, litter: List[str]) -> List[Path]:
     images = []
     for entry in _entries(folder):
-        if _is_litter(entry.name):
+        if is_os_litter(entry.name):
             litter.append(entry.path)
         elif entry.is_dir():
             raise ImageFolderError(
@@ -112,7 +105,7 @@ def _class_images(folder: Path, litter: List[str]) -> List[Path]:
 def _resolve_layout(root: Path, layout: str) -> str:
     if layout != "auto":
         return layout
-    names = {e.name for e in _entries(root) if e.is_dir() and not _is_litter(e.name)}
+    names = {e.name for e in _entries(root) if e.is_dir() and not is_os_litter(e.name)}
     return "train_test" if names == set(_SPLIT_FOLDERS) else "flat"
 
 

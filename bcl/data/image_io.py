@@ -65,6 +65,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageCache",
     "is_image_file",
+    "is_os_litter",
     "load_image",
     "load_images",
     "load_mask",
@@ -107,6 +108,25 @@ class ImageDecodeError(ValueError):
 def is_image_file(path: PathLike) -> bool:
     """True when ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive). Reads nothing."""
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+# Files operating systems drop into folders; matched case-insensitively.
+_OS_LITTER = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
+
+
+def is_os_litter(name: str) -> bool:
+    """True for an entry name that no dataset means: hidden, or an OS thumbnail or settings file.
+
+    Hidden: ``.DS_Store``, AppleDouble ``._x.png``, ``.ipynb_checkpoints``; OS files: ``Thumbs.db``, ``desktop.ini``,
+    the macOS folder icon file.
+    """
+    return name.startswith(".") or name.lower() in _OS_LITTER
+
+
+def sorted_entries(folder: PathLike) -> List[os.DirEntry]:
+    """The entries of ``folder`` sorted by name, so every listing (and so every dataset order) is reproducible."""
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
 
 
 def _check_size(image_size: SizeLike) -> Optional[Tuple[int, int]]:

@@ -55,7 +55,16 @@ import torch.nn.functional as F
 
 from bcl._checks import is_int
 from bcl.data.base import ImageClassificationDataset, Sample
-from bcl.data.image_io import ImageCache, ImageDecodeError, _check_size, is_image_file, load_images, load_masks
+from bcl.data.image_io import (
+    ImageCache,
+    ImageDecodeError,
+    _check_size,
+    is_image_file,
+    is_os_litter,
+    load_images,
+    load_masks,
+    sorted_entries,
+)
 
 __all__ = ["MVTEC_CATEGORIES", "MVTecAD", "MVTecLayoutError"]
 
@@ -82,20 +91,10 @@ class MVTecLayoutError(ValueError):
     """The folder tree is not (or not entirely) an MVTec AD layout."""
 
 
-def _is_hidden(name: str) -> bool:
-    # Covers .DS_Store, AppleDouble "._000.png" files, .ipynb_checkpoints, ...
-    return name.startswith(".")
-
-
-def _list_dir(path: Path) -> List[os.DirEntry]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
 def _describe(path: Path, limit: int = 20) -> str:
     """The entries of ``path`` for an error message: ``['a/', 'b.png', ...]``."""
     try:
-        entries = [e.name + ("/" if e.is_dir() else "") for e in _list_dir(path)]
+        entries = [e.name + ("/" if e.is_dir() else "") for e in sorted_entries(path)]
     except OSError as e:
         return f"<cannot list {path}: {e}>"
     if not entries:
@@ -136,9 +135,8 @@ def _resolve_category(root: Path, category: Optional[str]) -> Tuple[Path, str]:
                 f"was asked; pass category=None, or the MVTec AD root ({root.parent}) with category={category!r}"
             )
         return root, category if category is not None else inferred
-    available = [
-        e.name for e in _list_dir(root) if e.is_dir() and not _is_hidden(e.name) and _is_category_dir(Path(e.path))
-    ]
+    available = [e.name for e in sorted_entries(root)
+                 if e.is_dir() and not is_os_litter(e.name) and _is_category_dir(Path(e.path))]
     if category is None:
         if available:
             raise MVTecLayoutError(f"{root} is an MVTec AD root: pass category=..., one of {available}")
@@ -164,9 +162,9 @@ def _resolve_category(root: Path, category: Optional[str]) -> Tuple[Path, str]:
 def _image_files(folder: Path) -> List[Path]:
     """Image files of ``folder`` sorted by name; hidden and non-image entries are logged and ignored."""
     files = []
-    for e in _list_dir(folder):
-        if _is_hidden(e.name):
-            logger.info("ignoring hidden entry %s", e.path)
+    for e in sorted_entries(folder):
+        if is_os_litter(e.name):
+            logger.info("ignoring hidden or OS entry %s", e.path)
         elif not e.is_file():
             logger.info("ignoring non-file entry %s", e.path)
         elif not is_image_file(e.name):
@@ -178,8 +176,8 @@ def _image_files(folder: Path) -> List[Path]:
 
 def _subfolders(folder: Path) -> List[str]:
     names = []
-    for e in _list_dir(folder):
-        if e.is_dir() and not _is_hidden(e.name):
+    for e in sorted_entries(folder):
+        if e.is_dir() and not is_os_litter(e.name):
             names.append(e.name)
         else:
             logger.debug("ignoring %s (not a class folder)", e.path)
