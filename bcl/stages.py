@@ -74,10 +74,10 @@ def load_trained_encoder(path: str, setting: str = "model.stage1_checkpoint",
         FileNotFoundError: No such file.
         ConfigError: Not a checkpoint of one of ``stages``, or its weights do not fit its architecture.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{setting} {path!r} does not exist")
     try:
         checkpoint = load_checkpoint_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{setting} {path!r} does not exist") from None
     except CheckpointError as error:
         raise ConfigError(f"{setting} {path!r} could not be loaded as a checkpoint: {error}") from None
     found = checkpoint.get("stage") if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -253,6 +253,11 @@ def test_stage1_checkpoint_whose_weights_do_not_fit_its_architecture(tmp_path, c
     assert "do not fit resnet34" in capsys.readouterr().err
 
 
+def test_a_missing_stage1_checkpoint_is_named_by_its_setting(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.stage1_checkpoint '.*nowhere.pt' does not exist"):
+        load_stage1_encoder(str(tmp_path / "nowhere.pt"))
+
+
 def test_stage1_checkpoint_without_an_encoder_record_takes_its_config(tmp_path, capsys):
     """Checkpoints written before they recorded their encoder still load: the architecture is the config's."""
     stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
