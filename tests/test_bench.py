@@ -152,6 +152,22 @@ def test_a_grid_or_lever_cannot_touch_splits_or_selection():
     check_definitions()  # the shipped grids and levers pass
 
 
+def test_every_tuned_method_gets_the_same_budget_and_schedule_choices():
+    ce = Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=((), ("bench.epochs_scale=2",)))
+    longer_only_for_ce = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml",
+                                                  grid=((), ("loss.temperature=0.2",)))}
+    unequal = r"'bcl' may choose bench.epochs_scale from \[1.0\] and 'ce' from \[1.0, 2.0\]"
+    with pytest.raises(ValueError, match=unequal):
+        check_definitions(longer_only_for_ce, {})
+    fewer_points = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml", grid=((),))}
+    with pytest.raises(ValueError, match="'bcl' has 1 grid points and 'ce' 2"):
+        check_definitions(fewer_points, {})
+    fair = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml",
+                                    grid=(("loss.temperature=0.2",), ("bench.epochs_scale=2.0",))),
+            "bcl_probe": Method("bcl_probe", "probe", "linear", "mvtec_linear.yaml", needs="bcl")}
+    check_definitions(fair, {})
+
+
 def test_bad_dataset_fold_count_and_protocol_fail_before_training(tiny_root, tmp_path, capsys):
     assert main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a"), *TINY]) == 2
     assert "nowhere" in capsys.readouterr().err
