@@ -108,7 +108,7 @@ class Lever:
 
 
 ABLATIONS: Dict[str, Lever] = {a.name: a for a in [
-    Lever("no_paste", "ce", "no mask-guided defect synthesis (paste 0 instead of 80 per defect class)",
+    Lever("no_paste", "ce", "no mask-guided defect synthesis (paste 0 instead of the chosen point's count)",
           ("data.paste_per_class=0",)),
     Lever("crop_0.3", "ce", "crops down to 30 % of the image (instead of 70 %)", ("data.crop_scale=[0.3,1.0]",)),
     Lever("fp32", "ce", "fp32 instead of bf16 autocast (time and accuracy)", ("train.amp=off",)),
