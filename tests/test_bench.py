@@ -134,7 +134,8 @@ def test_refuses_a_folder_of_another_protocol(tiny_root, finished, capsys, flag,
 
 def test_refuses_a_folder_made_with_another_grid(tiny_root, finished, capsys, monkeypatch):
     out, _ = finished
-    changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml", grid=((), ("optim.lr=0.1",)))
+    changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml",
+                     grid=((), ("optim.lr=0.1",), ("bench.epochs_scale=2",)))
     monkeypatch.setitem(bench.METHODS, "ce", changed)
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 2
     assert "grid.ce:" in capsys.readouterr().err
