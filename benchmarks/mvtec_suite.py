@@ -14,6 +14,9 @@ Three phases, every one resumable (a finished cell is a JSON file under ``cells/
 3. **ablation**: each lever of :data:`ABLATIONS` switched on top of a method's chosen point, over the
    folds of repeat 0, paired with that method's main cells of repeat 0.
 
+Several workers may share one suite: start the same command again (one thread each on a small machine);
+a worker claims a cell before training it (``<cell>.claim``), so no cell is trained twice.
+
 Differences between methods are paired per cell and given a 95 % interval from the corrected resampled
 t-test (Nadeau & Bengio, 2003): cells of one repeat share most of their training images, so the plain
 t-interval would be too narrow; the variance is inflated by ``1/n + n_test/n_train``.
@@ -327,15 +330,75 @@ def _with_prerequisites(names: Sequence[str]) -> List[str]:
     return ordered
 
 
+def _claim(path: Path) -> bool:
+    """Takes the cell at ``path`` for this process; False while another live process on this machine holds it.
+
+    The claim is ``<cell>.claim`` holding the holder's pid, created exclusively, so two workers of one suite
+    (the same command started twice) never train the same cell; a claim whose process died is taken over.
+    """
+    claim = path.with_suffix(".claim")
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            handle = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                text, age = claim.read_text().strip(), time.time() - claim.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released between the two calls
+            if not text:
+                if age < 60:
+                    return False  # being written by the process that just made it
+            elif text.isdigit() and _alive(int(text)):
+                return False
+            logger.info("%s: its claim by process %s is stale (the process ended), taken over", path.name, text)
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(str(os.getpid()))
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _ensure(suite: Suite, label: str, phase: str, row: str, method: Method, extra: Sequence[str], repeat: int,
-            fold: int, inner: Optional[int] = None, stage1_dir: Optional[Path] = None) -> Dict[str, Any]:
+            fold: int, inner: Optional[int] = None, stage1_dir: Optional[Path] = None,
+            wait: bool = False) -> Optional[Dict[str, Any]]:
+    """The cell's result, trained now if no earlier run finished it.
+
+    A cell another worker is training is waited for (``wait``: the caller needs it) or skipped (None).
+    """
     path = suite.cell_path(phase, row, repeat, fold, inner)
-    done = _read_cell(path)
-    if done is not None:
-        logger.info("%s: done before, skipped", label)
-        return done
-    logger.info("%s", label)
-    return _run_cell(suite, phase, row, method, extra, repeat, fold, inner, stage1_dir)
+    while True:
+        done = _read_cell(path)
+        if done is not None:
+            logger.info("%s: done before, skipped", label)
+            return done
+        if _claim(path):
+            break
+        if not wait:
+            logger.info("%s: another worker is running it, skipped", label)
+            return None
+        time.sleep(_WAIT_S)
+    try:
+        done = _read_cell(path)  # finished by another worker between the check and the claim
+        if done is not None:
+            return done
+        logger.info("%s", label)
+        return _run_cell(suite, phase, row, method, extra, repeat, fold, inner, stage1_dir)
+    finally:
+        path.with_suffix(".claim").unlink(missing_ok=True)
+
+
+_WAIT_S = 30.0
 
 
 def tune(suite: Suite, names: Sequence[str]) -> Dict[str, int]:
@@ -355,7 +418,7 @@ def tune(suite: Suite, names: Sequence[str]) -> Dict[str, int]:
             for inner in range(p.inner_folds):
                 row = f"{name}@{point}"
                 cell = _ensure(suite, f"tune {row} [{', '.join(overrides) or 'as shipped'}] inner fold {inner + 1}/"
-                               f"{p.inner_folds}", "tune", row, method, overrides, 0, 0, inner)
+                               f"{p.inner_folds}", "tune", row, method, overrides, 0, 0, inner, wait=True)
                 values.append(cell["test"]["balanced_accuracy"])
             scores.append(float(np.mean(values)))
         chosen[name] = int(np.argmax(scores))  # ties keep the earlier point, the config as shipped first
@@ -371,8 +434,11 @@ def _chosen_overrides(name: str, chosen: Dict[str, int]) -> Tuple[str, ...]:
     return METHODS[name].grid[chosen[name]]
 
 
-def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = ()) -> None:
-    """Runs every missing cell of ``methods`` (and what they depend on) and of the ``ablations`` levers."""
+def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = ()) -> int:
+    """Runs every missing cell of ``methods`` (and what they depend on) and of the ``ablations`` levers.
+
+    Returns how many cells were left to other workers (claimed by a live process when this one got there).
+    """
     check_definitions()
     for name in ablations:
         if name not in ABLATIONS:
@@ -387,17 +453,27 @@ def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = (
     order = _with_prerequisites([*methods, *(ABLATIONS[a].method for a in ablations)])
     chosen = tune(suite, order)
     cells = [(r, f, m) for r in range(p.repeats) for f in range(p.folds) for m in _with_prerequisites(methods)]
+    elsewhere = 0
     for index, (repeat, fold, name) in enumerate(cells, start=1):
         method = METHODS[name]
         source = method.needs or name
+        label = f"[{index}/{len(cells)}] {name} repeat {repeat} fold {fold}"
         stage1 = suite.run_dir("main", method.needs, repeat, fold) if method.needs else None
-        _ensure(suite, f"[{index}/{len(cells)}] {name} repeat {repeat} fold {fold}", "main", name, method,
-                _chosen_overrides(source, chosen) if not method.needs else (), repeat, fold, stage1_dir=stage1)
+        if method.needs and _read_cell(suite.cell_path("main", method.needs, repeat, fold)) is None:
+            # its stage-1 cell is another worker's (whose last.pt is mid-training): that worker probes it next
+            logger.info("%s: its %s cell is another worker's, skipped", label, method.needs)
+            elsewhere += 1
+            continue
+        done = _ensure(suite, label, "main", name, method,
+                       _chosen_overrides(source, chosen) if not method.needs else (), repeat, fold, stage1_dir=stage1)
+        elsewhere += done is None
     for name in ablations:
         lever = ABLATIONS[name]
         for fold in range(p.folds):
-            _ensure(suite, f"ablation {name} fold {fold}", "ablation", name, METHODS[lever.method],
-                    (*_chosen_overrides(lever.method, chosen), *lever.overrides), 0, fold)
+            done = _ensure(suite, f"ablation {name} fold {fold}", "ablation", name, METHODS[lever.method],
+                           (*_chosen_overrides(lever.method, chosen), *lever.overrides), 0, fold)
+            elsewhere += done is None
+    return elsewhere
 
 
 def _read_cells(suite: Suite, phase: str) -> List[Dict[str, Any]]:
@@ -875,7 +951,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     try:
         if not args.aggregate_only:
-            run_suite(suite, args.methods, args.ablations)
+            elsewhere = run_suite(suite, args.methods, args.ablations)
+            if elsewhere:
+                sys.stdout.write(f"{elsewhere} cells are other workers' of this suite; no report from this one: "
+                                 "rerun with --aggregate-only once they finish\n")
+                return 0
         else:
             _check_or_write_settings(suite)
         cells = {phase: _read_cells(suite, phase) for phase in ("tune", "main", "ablation")}
