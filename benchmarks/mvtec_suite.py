@@ -349,7 +349,7 @@ def _claim(path: Path) -> bool:
             if not text:
                 if age < 60:
                     return False  # being written by the process that just made it
-            elif text.isdigit() and _alive(int(text)):
+            elif text.isdigit() and _alive(int(text), since=time.time() - age):
                 return False
             logger.info("%s: its claim by process %s is stale (the process ended), taken over", path.name, text)
             claim.unlink(missing_ok=True)
@@ -359,14 +359,30 @@ def _claim(path: Path) -> bool:
         return True
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` runs and is the one that wrote a claim at time ``since``.
+
+    A pid reused after the holder ended (a reboot, a later session) started after its claim: not the holder.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = _start_time(pid)
+    return started is None or started <= since + 2.0  # /proc's start time is in clock ticks since boot
+
+
+def _start_time(pid: int) -> Optional[float]:
+    """When ``pid`` started (seconds since the epoch), from Linux's /proc; None where there is none."""
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5): starttime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _ensure(suite: Suite, label: str, phase: str, row: str, method: Method, extra: Sequence[str], repeat: int,

@@ -231,11 +231,16 @@ def test_workers_share_a_suite_through_claims_and_take_over_dead_ones(tiny_root,
     stale.unlink()
     live.with_suffix(".claim").write_text(str(os.getpid()))  # a live worker holds it
     stale.with_suffix(".claim").write_text(str(_dead_pid()))  # its worker died mid-cell
+    reused = cells / "focal__r0__f0.json"
+    reused.unlink()
+    reused.with_suffix(".claim").write_text(str(os.getpid()))  # a live pid, but one that started after the claim
+    os.utime(reused.with_suffix(".claim"), (1e9, 1e9))
     capsys.readouterr()
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 0
     assert "1 cells are other workers' of this suite; no report" in capsys.readouterr().out
     assert not live.exists() and live.with_suffix(".claim").exists()
     assert stale.exists() and not stale.with_suffix(".claim").exists()
+    assert reused.exists() and not reused.with_suffix(".claim").exists()
     live.with_suffix(".claim").unlink()  # that worker finished elsewhere without writing: this one runs it now
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 0
     assert live.exists() and "| CE (instance sampling)" in capsys.readouterr().out
