@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -134,7 +137,8 @@ def test_refuses_a_folder_of_another_protocol(tiny_root, finished, capsys, flag,
 
 def test_refuses_a_folder_made_with_another_grid(tiny_root, finished, capsys, monkeypatch):
     out, _ = finished
-    changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml", grid=((), ("optim.lr=0.1",)))
+    changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml",
+                     grid=((), ("optim.lr=0.1",), ("bench.epochs_scale=2",)))
     monkeypatch.setitem(bench.METHODS, "ce", changed)
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 2
     assert "grid.ce:" in capsys.readouterr().err
@@ -150,6 +154,22 @@ def test_a_grid_or_lever_cannot_touch_splits_or_selection():
     with pytest.raises(ValueError, match="bench.epochs_scale must be a positive number"):
         check_definitions({"ce": Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=(("bench.epochs_scale=x",),))}, {})
     check_definitions()  # the shipped grids and levers pass
+
+
+def test_every_tuned_method_gets_the_same_budget_and_schedule_choices():
+    ce = Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=((), ("bench.epochs_scale=2",)))
+    longer_only_for_ce = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml",
+                                                  grid=((), ("loss.temperature=0.2",)))}
+    unequal = r"'bcl' may choose bench.epochs_scale from \[1.0\] and 'ce' from \[1.0, 2.0\]"
+    with pytest.raises(ValueError, match=unequal):
+        check_definitions(longer_only_for_ce, {})
+    fewer_points = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml", grid=((),))}
+    with pytest.raises(ValueError, match="'bcl' has 1 grid points and 'ce' 2"):
+        check_definitions(fewer_points, {})
+    fair = {"ce": ce, "bcl": Method("bcl", "BCL", "supcon", "mvtec_bcl.yaml",
+                                    grid=(("loss.temperature=0.2",), ("bench.epochs_scale=2.0",))),
+            "bcl_probe": Method("bcl_probe", "probe", "linear", "mvtec_linear.yaml", needs="bcl")}
+    check_definitions(fair, {})
 
 
 def test_bad_dataset_fold_count_and_protocol_fail_before_training(tiny_root, tmp_path, capsys):
@@ -195,3 +215,56 @@ def test_damaged_or_foreign_cells_are_refused_naming_the_file(tiny_root, finishe
     assert main(["--root", str(tiny_root), "--out", str(copy), *TINY, "--aggregate-only"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(copy / "cells" / "main") in err and "Traceback" not in err
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_workers_share_a_suite_through_claims_and_take_over_dead_ones(tiny_root, finished, capsys):
+    out, _ = finished
+    cells = out / "cells" / "main"
+    live, stale = cells / "ce__r1__f0.json", cells / "focal__r1__f1.json"
+    live.unlink()
+    stale.unlink()
+    live.with_suffix(".claim").write_text(str(os.getpid()))  # a live worker holds it
+    stale.with_suffix(".claim").write_text(str(_dead_pid()))  # its worker died mid-cell
+    reused = cells / "focal__r0__f0.json"
+    reused.unlink()
+    reused.with_suffix(".claim").write_text(str(os.getpid()))  # a live pid, but one that started after the claim
+    os.utime(reused.with_suffix(".claim"), (1e9, 1e9))
+    capsys.readouterr()
+    assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 0
+    assert "1 cells are other workers' of this suite; no report" in capsys.readouterr().out
+    assert not live.exists() and live.with_suffix(".claim").exists()
+    assert stale.exists() and not stale.with_suffix(".claim").exists()
+    assert reused.exists() and not reused.with_suffix(".claim").exists()
+    live.with_suffix(".claim").unlink()  # that worker finished elsewhere without writing: this one runs it now
+    assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 0
+    assert live.exists() and "| CE (instance sampling)" in capsys.readouterr().out
+
+
+def test_a_probe_never_reads_a_stage1_checkpoint_another_worker_is_training(tiny_root, tmp_path, monkeypatch):
+    suite = bench.Suite(tmp_path / "suite", str(tiny_root), None,
+                        bench.Protocol("tiny", folds=2, repeats=1, inner_folds=2, epochs=1, probe_epochs=1))
+    ran = []
+
+    def fake_run(suite_, phase, row, method, extra, repeat, fold, inner=None, stage1_dir=None):
+        ran.append((phase, row, repeat, fold, inner))
+        cell = {"phase": phase, "row": row, "method": method.name, "repeat": repeat, "fold": fold, "inner": inner,
+                "overrides": list(extra), "protocol": suite_.protocol.as_dict(), "run_dir": "", "wall_time_s": 0,
+                "test": {"balanced_accuracy": 0.5}}
+        bench.atomic_write_text(suite_.cell_path(phase, row, repeat, fold, inner), json.dumps(cell))
+        return cell
+
+    monkeypatch.setattr(bench, "_run_cell", fake_run)
+    claimed = suite.cell_path("main", "bcl", 0, 0).with_suffix(".claim")
+    claimed.parent.mkdir(parents=True)
+    claimed.write_text(str(os.getpid()))
+    assert bench.run_suite(suite, ["bcl", "bcl_probe"]) == 2  # bcl r0 f0 and the probe that needs it
+    main_runs = [r for r in ran if r[0] == "main"]
+    assert main_runs == [("main", "bcl", 0, 1, None), ("main", "bcl_probe", 0, 1, None)]
+    assert len([r for r in ran if r[0] == "tune"]) == 3 * 2  # tuning claims and releases its own cells
+    assert not list((tmp_path / "suite" / "cells" / "tune").glob("*.claim"))
