@@ -20,6 +20,7 @@ uninterrupted one drew.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import os
 import pickle
@@ -165,7 +166,16 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     Returns:
         The path written.
     """
-    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+    # torch.save goes to memory first, never straight into the temporary file: an interrupt that lands
+    # between torch's archive writer being made and being finished leaves that writer to finish itself
+    # when it is garbage-collected, and if its target were our (by then closed) file, its write would
+    # raise inside a C++ destructor and abort the process (SIGABRT) after the clean interrupt message.
+    def write(handle) -> None:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        handle.write(buffer.getbuffer())
+
+    return _atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------------

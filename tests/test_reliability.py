@@ -321,3 +321,29 @@ def test_an_interrupt_inside_torch_save_stays_an_interrupt(tmp_path):
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         _atomic_write(tmp_path / "last.pt", write)
     assert list(tmp_path.iterdir()) == []
+
+
+_UNFINISHED_ARCHIVE = textwrap.dedent("""
+    # The interrupt lands after torch made its archive writer and before the writer's `with` began, so
+    # nothing finishes the archive until the writer is garbage-collected at exit.
+    import sys, torch, torch.serialization
+    from bcl.checkpoints import atomic_torch_save
+    def enter(self):
+        raise KeyboardInterrupt("SIGTERM")
+    torch.serialization._opener.__enter__ = enter
+    try:
+        atomic_torch_save({"weight": torch.zeros(3)}, sys.argv[1] + "/last.pt")
+    except KeyboardInterrupt:
+        sys.exit(143)
+""")
+
+
+def test_an_interrupt_before_torch_finishes_its_archive_does_not_abort_the_process(tmp_path):
+    # Seen in CI: the writer, finishing itself at exit, wrote into the closed temporary file from a C++
+    # destructor ("write to closed file"), and the process died of SIGABRT after its clean interrupt line.
+    assert hasattr(torch.serialization, "_opener"), "torch renamed the archive opener this test interrupts"
+    done = subprocess.run([sys.executable, "-c", _UNFINISHED_ARCHIVE, str(tmp_path)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert "terminate called" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
