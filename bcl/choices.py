@@ -9,7 +9,14 @@ new option is added in one place. Nothing here imports torch, so loading a confi
 DATASETS = ("synthetic", "mvtec", "folder")
 SPLITS = ("kfold", "holdout", "generated", "folders")
 FOLDER_LAYOUTS = ("auto", "flat", "train_test")  # see bcl.data.folder
-AUGMENTS = ("crop", "cifar")  # the classifier view: random resized crop, or the CIFAR recipe
+# The classifier view: random resized crop; the CIFAR pad-4 crop + flip; or that plus AutoAugment and Cutout.
+AUGMENTS = ("crop", "pad_crop", "cifar")
+# Per-channel (mean, std) the images are normalised with, by name (values in [0, 1] units). "cifar10" is
+# the pair the CIFAR-LT code of LDAM-DRW and its BCL-lineage successors normalise with.
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
 
 # Models (model.*)
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet32")

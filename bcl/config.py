@@ -34,6 +34,7 @@ from bcl.choices import (
     DEVICES,
     ENCODERS,
     FOLDER_LAYOUTS,
+    NORMALIZATIONS,
     OPTIMIZERS,
     PROTOTYPE_MODES,
     SAMPLERS,
@@ -134,6 +135,7 @@ class DataConfig:
     paste_per_class: int = 0
     imbalance_factor: Optional[float] = None
     augment: str = "crop"
+    normalization: str = "imagenet"
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -142,6 +144,7 @@ class DataConfig:
         _choice("data.split", self.split, SPLITS)
         _choice("data.layout", self.layout, FOLDER_LAYOUTS)
         _choice("data.augment", self.augment, AUGMENTS)
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
         if self.split == "folders" and self.dataset != "folder":
             raise ConfigError(
                 f"data.split=folders (train/ and test/ folders) needs data.dataset=folder, got {self.dataset!r}"

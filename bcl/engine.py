@@ -212,14 +212,16 @@ def progress(iterable, run_cfg: RunConfig, description: str, total: Optional[int
 
 @torch.no_grad()
 def extract(model: nn.Module, dataset: ImageClassificationDataset, image_size: int, device: torch.device,
-            batch_size: int = 64) -> Dict[str, torch.Tensor]:
+            batch_size: int = 64, normalization: str = "imagenet") -> Dict[str, torch.Tensor]:
     """Features and logits of every image (evaluation transform, model in eval mode), on the CPU.
 
-    ``model(images)`` must return a dict with ``features`` and ``logits``.
+    ``model(images)`` must return a dict with ``features`` and ``logits``; ``normalization`` names the
+    (mean, std) pair the model was trained with (``data.normalization``).
     """
     was_training = model.training
     model.eval()
-    view = ImageClassificationDataset(dataset.class_names, dataset.samples, dataset.images, eval_transform(image_size))
+    view = ImageClassificationDataset(dataset.class_names, dataset.samples, dataset.images,
+                                        eval_transform(image_size, normalization))
     features, logits = [], []
     for images, _ in eval_loader(view, batch_size):
         out = model(images.to(device))

@@ -251,6 +251,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     views = bcl_train_transform(
         cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
         crop_scale=tuple(cfg.data.crop_scale), randaugment=cfg.data.randaugment, augment=cfg.data.augment,
+        normalization=cfg.data.normalization,
     )
     # No input check in the loss: a diverged encoder's NaN features then reach check_finite, whose
     # message names the term, epoch and step and suggests a lower learning rate.
@@ -331,7 +332,8 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
     frozen = not cfg.model.finetune
     model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)
     encoder_digest = _state_digest(model.encoder) if frozen else None
-    view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment, cfg.data.augment)
+    view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment, cfg.data.augment,
+                           cfg.data.normalization)
     stage = Stage(STAGE2, _SCRIPTS[STAGE2], f"stage 2 ({'linear probe' if frozen else 'fine-tune'}, {cfg.loss.name})",
                   cfg, model, dataset, splits, view, ClassifierObjective(_classifier_loss(cfg, splits.train_counts),
                                                                          cfg.loss.name),

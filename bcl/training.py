@@ -199,10 +199,11 @@ def evaluate_part(
     Returns ``(metrics, reference)``: pass ``reference`` back in while the encoder cannot change (a linear
     probe), so the training part is not re-extracted every epoch.
     """
-    image_size = stage.cfg.data.image_size
+    image_size, normalization = stage.cfg.data.image_size, stage.cfg.data.normalization
     if reference is None:
-        reference = extract(model, stage.dataset.subset(stage.splits.train), image_size, device)
-    outputs = extract(model, stage.dataset.subset(positions), image_size, device)
+        reference = extract(model, stage.dataset.subset(stage.splits.train), image_size, device,
+                            normalization=normalization)
+    outputs = extract(model, stage.dataset.subset(positions), image_size, device, normalization=normalization)
     return evaluate(outputs, reference, stage.dataset.class_names, list(stage.splits.train_counts), stage.cfg.eval,
                     classifier=stage.classifier_metrics), reference
 
@@ -356,7 +357,8 @@ def _final_evaluation(stage: Stage, checkpointer: Checkpointer, board: TensorBoa
     elif best["epoch"] is not None:
         checkpointer.load_best(model)
     image_size = cfg.data.image_size
-    outputs = {name: extract(model, dataset.subset(positions), image_size, device)
+    outputs = {name: extract(model, dataset.subset(positions), image_size, device,
+                             normalization=cfg.data.normalization)
                for name, positions in splits.as_dict().items()}
     for name, out in outputs.items():
         for kind in ("features", "logits"):

@@ -189,7 +189,8 @@ def test_an_imbalance_factor_the_smallest_class_cannot_hold_is_named(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["data.split=folders"], r"data.split=folders .* needs data.dataset=folder"),
     (["data.class_names=[a,b]"], r"data.class_names applies to data.dataset=folder only"),
-    (["data.augment=autoaugment"], r"data.augment must be one of \['crop', 'cifar'\]"),
+    (["data.augment=autoaugment"], r"data.augment must be one of \['crop', 'pad_crop', 'cifar'\]"),
+    (["data.normalization=cifar"], r"data.normalization must be one of \['imagenet', 'cifar10'\]"),
     (["optim.schedule=step"], r"optim.decay_epochs must be increasing epochs"),
     (["optim.schedule=step", "optim.decay_epochs=[20,10]"], r"optim.decay_epochs must be increasing"),
     (["optim.schedule=step", "optim.decay_epochs=[40]"], r"in \[optim.warmup_epochs=2, optim.epochs=30\)"),

@@ -41,6 +41,35 @@ def test_views_give_normalised_float_images_of_the_requested_size():
     torch.testing.assert_close(white[:, 0, 0], expected)
 
 
+def test_named_normalisation_reaches_every_view():
+    cifar_mean, cifar_std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
+    white = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+    expected = (1 - cifar_mean) / cifar_std
+    torch.testing.assert_close(eval_transform(32, "cifar10")(white)[:, 5, 5], expected)
+    # A white image padded with black and flipped: the centre pixel is white whatever the crop offset.
+    padded = classifier_view(32, augment="pad_crop", normalization="cifar10")(white)
+    torch.testing.assert_close(padded[:, 16, 16], expected)
+    contrastive = bcl_train_transform(32, augment="pad_crop", normalization="cifar10", contrastive_views=1)
+    assert contrastive(white).shape == (2, 3, 32, 32)
+
+
+def test_pad_crop_shifts_by_at_most_four_pixels_and_adds_nothing_else():
+    torch.manual_seed(0)
+    image = torch.arange(32 * 32, dtype=torch.int64).reshape(1, 32, 32).repeat(3, 1, 1)
+    image = (image % 251).to(torch.uint8)
+    view = classifier_view(32, augment="pad_crop", normalization="cifar10")
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
+    for _ in range(5):
+        out = view(image)
+        pixels = ((out * std[:, None, None] + mean[:, None, None]) * 255).round().to(torch.uint8)
+        centre = pixels[0, 4:28, 4:28]  # never padding: a shifted (maybe mirrored) window of the original
+        found = any(
+            torch.equal(centre, candidate[0, 4 + dy:28 + dy, 4 + dx:28 + dx])
+            for candidate in (image, image.flip(-1)) for dy in range(-4, 5) for dx in range(-4, 5)
+        )
+        assert found
+
+
 def test_eval_transform_is_deterministic_and_training_views_are_not():
     image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
     torch.testing.assert_close(eval_transform(32)(image), eval_transform(32)(image))
@@ -92,6 +121,8 @@ def test_subset_keeps_labels_names_and_transform():
         (lambda: contrastive_view(32, color_jitter=-1), "color_jitter"),
         (lambda: MultiViewTransform([]), "views must be a non-empty sequence"),
         (lambda: bcl_train_transform(32, contrastive_views=0), "contrastive_views must be an int >= 1"),
+        (lambda: eval_transform(32, "cifar"), r"normalization must be one of \['imagenet', 'cifar10'\]"),
+        (lambda: classifier_view(32, augment="padcrop"), "augment must be one of"),
     ],
 )
 def test_bad_settings(build, match):

@@ -17,6 +17,7 @@ import torch
 from torchvision.transforms import v2
 
 from bcl._checks import is_int
+from bcl.choices import AUGMENTS, NORMALIZATIONS
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -29,8 +30,7 @@ __all__ = [
     "seed_worker",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATIONS["imagenet"]
 
 # Defects are small: a crop much under half the image often cuts the defect out and silently turns
 # a defect image into a "good" one, so crops keep at least this share of the area by default.
@@ -50,13 +50,15 @@ def _check_crop_scale(crop_scale: Tuple[float, float]) -> Tuple[float, float]:
     return float(low), float(high)
 
 
-def _to_normalised_float() -> List[Callable]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _normalize(normalization: str) -> v2.Normalize:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
+    return v2.Normalize(*NORMALIZATIONS[normalization])
 
 
-#: ``crop``: random resized crop + flip (the default, for aligned defect photos); ``cifar``: the CIFAR-LT
-#: classifier view of the BCL lineage (see :func:`classifier_view`).
-AUGMENTS = ("crop", "cifar")
+def _to_normalised_float(normalization: str) -> List[Callable]:
+    return [v2.ToDtype(torch.float32, scale=True), _normalize(normalization)]
+
 
 # Cutout (DeVries & Taylor 2017) for CIFAR is one 16 x 16 square: a quarter of a 32 px image's area.
 CUTOUT_AREA = 0.25
@@ -64,24 +66,26 @@ CUTOUT_AREA = 0.25
 
 def classifier_view(
     image_size: int, crop_scale: Tuple[float, float] = DEFAULT_CROP_SCALE, randaugment: bool = False,
-    augment: str = "crop",
+    augment: str = "crop", normalization: str = "imagenet",
 ) -> v2.Compose:
     """The classifier (cross-entropy) view.
 
     ``augment="crop"``: random resized crop (``crop_scale``), horizontal flip, optional RandAugment.
-    ``augment="cifar"``: the CIFAR-LT recipe of LDAM / BCL-lineage code — a 4 px zero-padded random crop,
-    horizontal flip, AutoAugment with its CIFAR-10 policy, then Cutout of one square of a quarter of the
-    area set to black (torchvision's ``RandomErasing`` with ``p=1``; unlike the original Cutout the square
-    always lies wholly inside the image). ``crop_scale`` is not used there.
+    ``augment="pad_crop"``: the standard CIFAR view of He et al. and LDAM-DRW's cross-entropy runs — a 4 px
+    zero-padded random crop and a horizontal flip. ``augment="cifar"``: the CIFAR-LT recipe of BCL-lineage
+    code — that crop and flip, AutoAugment with its CIFAR-10 policy, then Cutout of one square of a quarter
+    of the area set to black (torchvision's ``RandomErasing`` with ``p=1``; unlike the original Cutout the
+    square always lies wholly inside the image). ``crop_scale`` is not used by either CIFAR view.
 
     Args:
         image_size: Output side in pixels.
         crop_scale: Range of the crop's share of the image area.
         randaugment: Add ``RandAugment`` (the paper uses it on ImageNet-LT / iNaturalist).
-        augment: ``crop`` or ``cifar``.
+        augment: One of ``bcl.choices.AUGMENTS``.
+        normalization: The (mean, std) pair, by name (``bcl.choices.NORMALIZATIONS``).
 
     Returns:
-        A transform: uint8 ``[3, H, W]`` → float32 ``[3, image_size, image_size]``, ImageNet-normalised.
+        A transform: uint8 ``[3, H, W]`` → float32 ``[3, image_size, image_size]``, normalised.
 
     Example:
         >>> import torch
@@ -90,22 +94,25 @@ def classifier_view(
     """
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {augment!r}")
-    if augment == "cifar":
+    normalize = _normalize(normalization)
+    if augment in ("pad_crop", "cifar"):
         size = _check_size(image_size)
-        return v2.Compose([
-            v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
+        steps: List[Callable] = [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
+        if augment == "pad_crop":
+            return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), normalize])
+        return v2.Compose(steps + [
             v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
             v2.ToDtype(torch.float32, scale=True),
             v2.RandomErasing(p=1.0, scale=(CUTOUT_AREA, CUTOUT_AREA), ratio=(1.0, 1.0), value=0.0),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            normalize,
         ])
-    steps: List[Callable] = [
+    steps = [
         v2.RandomResizedCrop(_check_size(image_size), scale=_check_crop_scale(crop_scale), antialias=True),
         v2.RandomHorizontalFlip(),
     ]
     if randaugment:
         steps.append(v2.RandAugment())
-    return v2.Compose(steps + _to_normalised_float())
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), normalize])
 
 
 def contrastive_view(
@@ -114,6 +121,7 @@ def contrastive_view(
     color_jitter: float = 0.4,
     grayscale_p: float = 0.2,
     randaugment: bool = False,
+    normalization: str = "imagenet",
 ) -> v2.Compose:
     """A SimCLR/SupCon-style contrastive view: crop, flip, colour jitter (p = 0.8), grayscale.
 
@@ -123,9 +131,10 @@ def contrastive_view(
         color_jitter: Strength s of ``ColorJitter(s, s, s, s / 4)``; 0 turns it off.
         grayscale_p: Probability of converting to grayscale (kept 3-channel).
         randaugment: Add ``RandAugment`` after the colour steps.
+        normalization: The (mean, std) pair, by name (``bcl.choices.NORMALIZATIONS``).
 
     Returns:
-        A transform: uint8 ``[3, H, W]`` → float32 ``[3, image_size, image_size]``, ImageNet-normalised.
+        A transform: uint8 ``[3, H, W]`` → float32 ``[3, image_size, image_size]``, normalised.
 
     Example:
         >>> import torch
@@ -147,10 +156,10 @@ def contrastive_view(
         steps.append(v2.RandomGrayscale(p=grayscale_p))
     if randaugment:
         steps.append(v2.RandAugment())
-    return v2.Compose(steps + _to_normalised_float())
+    return v2.Compose(steps + _to_normalised_float(normalization))
 
 
-def eval_transform(image_size: int) -> v2.Compose:
+def eval_transform(image_size: int, normalization: str = "imagenet") -> v2.Compose:
     """Evaluation: resize to ``image_size`` (no crop, so a defect near the border is never cut off).
 
     Example:
@@ -159,7 +168,7 @@ def eval_transform(image_size: int) -> v2.Compose:
         torch.Size([3, 32, 32])
     """
     size = _check_size(image_size)
-    return v2.Compose([v2.Resize((size, size), antialias=True)] + _to_normalised_float())
+    return v2.Compose([v2.Resize((size, size), antialias=True)] + _to_normalised_float(normalization))
 
 
 class MultiViewTransform:
@@ -209,6 +218,7 @@ def bcl_train_transform(
     crop_scale: Tuple[float, float] = DEFAULT_CROP_SCALE,
     randaugment: bool = False,
     augment: str = "crop",
+    normalization: str = "imagenet",
 ) -> MultiViewTransform:
     """The paper's training views: a classifier view followed by ``contrastive_views`` contrastive views.
 
@@ -222,6 +232,7 @@ def bcl_train_transform(
         randaugment: Add RandAugment to every view.
         augment: The classifier view's recipe (see :func:`classifier_view`); the contrastive views are
             SimCLR-style either way, with ``crop_scale``.
+        normalization: The (mean, std) pair of every view, by name (``bcl.choices.NORMALIZATIONS``).
 
     Example:
         >>> import torch
@@ -232,8 +243,9 @@ def bcl_train_transform(
         raise ValueError(f"contrastive_views must be an int >= 1, got {contrastive_views!r}")
     views: List[Callable] = []
     if classifier_view_first:
-        views.append(classifier_view(image_size, crop_scale, randaugment, augment))
-    views += [contrastive_view(image_size, crop_scale, randaugment=randaugment) for _ in range(contrastive_views)]
+        views.append(classifier_view(image_size, crop_scale, randaugment, augment, normalization))
+    views += [contrastive_view(image_size, crop_scale, randaugment=randaugment, normalization=normalization)
+              for _ in range(contrastive_views)]
     return MultiViewTransform(views)
 
 
