@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "bcl"
 
 LAYERS = [
-    {"bcl", "bcl._checks", "bcl.choices"},
+    {"bcl", "bcl._checks", "bcl._tensors", "bcl.choices"},
     {"bcl.checkpoints", "bcl.distributed", "bcl.provenance"},
     {"bcl.data", "bcl.samplers", "bcl.metrics", "bcl.models", "bcl.losses"},
     {"bcl.config", "bcl.runs", "bcl.tensorboard"},

@@ -265,6 +265,29 @@ def test_extreme_temperature_and_feature_norm_stay_finite(normalize, with_protot
     assert torch.isfinite(loss) and torch.isfinite(features.grad).all()
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-20, 1e-30])
+@pytest.mark.parametrize("criterion", [BalancedSupCon(), SupConLoss()], ids=["bcl", "supcon"])
+def test_loss_is_scale_invariant_in_float32_at_huge_and_tiny_norms(scale, criterion):
+    # Squaring entries of norm 1e20 overflows float32 (and 1e-20 underflows); the loss must not notice.
+    torch.manual_seed(0)
+    features = torch.randn(16, 2, 32)
+    labels = torch.randint(0, 3, (16,))
+    reference = criterion(features.double(), labels)
+    scaled = (features * scale).requires_grad_(True)
+    loss = criterion(scaled, labels)
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert torch.isfinite(scaled.grad).all() and scaled.grad.abs().max() > 0
+
+
+def test_prototypes_of_huge_norm_are_normalised_too():
+    torch.manual_seed(0)
+    features, labels, prototypes = torch.randn(8, 2, 16), torch.randint(0, 3, (8,)), torch.randn(3, 16)
+    reference = balanced_supcon_loss(features.double(), labels, prototypes.double())
+    torch.testing.assert_close(balanced_supcon_loss(features, labels, prototypes * 1e25).double(), reference,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_tiny_temperature_far_negatives_do_not_underflow_to_minus_inf():
     # every non-self similarity is -1: exp((-1 - 1) / 0.01) underflows in float32 unless the row max
     # is taken over the entries of the denominator rather than including the anchor itself

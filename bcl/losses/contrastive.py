@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from bcl._checks import is_real
+from bcl._tensors import l2_normalize
 from bcl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, get_rank, get_world_size
 
 __all__ = ["balanced_supcon_loss", "supcon_loss", "BalancedSupCon", "SupConLoss"]
@@ -150,8 +150,8 @@ def balanced_supcon_loss(
             contrast_labels = torch.cat([view_labels, torch.arange(num_classes, device=anchors.device)])
         anchor_labels = view_labels[first_anchor : first_anchor + num_anchors]
         if normalize:
-            anchors = F.normalize(anchors, dim=1)
-            contrast = F.normalize(contrast, dim=1)
+            anchors = l2_normalize(anchors, dim=1)
+            contrast = l2_normalize(contrast, dim=1)
         # Scaling the [V·B, D] anchors instead of the similarity matrix saves a pass over the matrix.
         scaled_anchors = anchors / temperature
         logits = scaled_anchors @ contrast.T  # s(i, a): [V·B, V·B_global + C], the only matrix-sized product

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from bcl._checks import is_int
+from bcl._tensors import l2_normalize
 from bcl.choices import CLASSIFIERS, PROTOTYPE_MODES
 
 from .pretrained import WeightsSpec, build_encoder
@@ -105,7 +105,7 @@ class BCLModel(nn.Module):
         if self.prototype_head is not None:
             return self.prototype_head(self.classifier.weight)
         if self.prototype_embeddings is not None:
-            return F.normalize(self.prototype_embeddings, dim=-1)
+            return l2_normalize(self.prototype_embeddings, dim=-1)
         return None
 
     def forward(self, images: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:

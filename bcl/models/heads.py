@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcl._checks import is_int, is_real
+from bcl._tensors import l2_normalize
 from bcl.choices import CLASSIFIERS
 
 __all__ = ["NormedLinear", "ProjectionHead", "PrototypeHead", "build_classifier"]
@@ -67,7 +68,7 @@ class ProjectionHead(nn.Module):
         Returns:
             Unit-norm embeddings ``[N, out_dim]``.
         """
-        return F.normalize(self.mlp(x), dim=-1)
+        return l2_normalize(self.mlp(x), dim=-1)
 
 
 class NormedLinear(nn.Module):
@@ -109,7 +110,7 @@ class NormedLinear(nn.Module):
         """Uniform(-1, 1) rows rescaled to unit norm (the BCL/LDAM initialisation)."""
         with torch.no_grad():
             self.weight.uniform_(-1.0, 1.0)
-            self.weight.copy_(F.normalize(self.weight, dim=1))
+            self.weight.copy_(l2_normalize(self.weight, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity between features and class weights.
@@ -120,7 +121,7 @@ class NormedLinear(nn.Module):
         Returns:
             Logits ``[N, out_features]`` in ``[-scale, scale]``.
         """
-        return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+        return self.scale * F.linear(l2_normalize(x, dim=-1), l2_normalize(self.weight, dim=-1))
 
     def extra_repr(self) -> str:
         """The settings shown in the module's repr."""
