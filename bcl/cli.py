@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Type
 
-from bcl.config import config_to_yaml, load_config
+from bcl.config import check_resume_overrides, config_to_yaml, load_config
 from bcl.distributed import cleanup, is_main_process
 from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
 from bcl.stages import RunInterrupted
@@ -27,7 +27,9 @@ def _parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="YAML config file (keys of the schema only)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint (overrides: data.root and "
+                             "this session's budget only)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
@@ -76,17 +78,22 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     args = _parser(description).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    if args.resume and (args.config or args.overrides):
-        sys.stderr.write("error: --resume continues a run with its saved config; drop --config and overrides\n")
+    if args.resume and args.config:
+        sys.stderr.write("error: --resume continues a run with its saved config; drop --config\n")
         return 2
     try:
         with _sigterm_as_interrupt():
-            cfg = load_config(schema, args.config, args.overrides)
+            if args.resume:
+                check_resume_overrides(args.overrides)  # before anything is opened, so a typo costs nothing
+            cfg = load_config(schema, args.config, () if args.resume else args.overrides)
             if args.print_config:
                 sys.stdout.write(config_to_yaml(cfg))
                 return 0
             stem = args.config.stem if args.config else schema.__name__.lower()
-            result = run_stage(cfg, config_stem=stem, resume=args.resume)
+            if args.resume:
+                result = run_stage(cfg, config_stem=stem, resume=args.resume, resume_overrides=args.overrides)
+            else:
+                result = run_stage(cfg, config_stem=stem)
             main_process = is_main_process()  # asked before cleanup() forgets the process group
     except KeyboardInterrupt as interrupt:
         name = "SIGTERM" if interrupt.args[:1] == ("SIGTERM",) else "SIGINT (Ctrl-C)"

@@ -368,12 +368,16 @@ class EvalConfig:
     epoch once; the protocol for small data, where a validation part of 1-2 images per class picks
     noise) or ``val`` (carve ``data.val_fraction`` from the training part, evaluate it every
     ``every`` epochs and test the epoch with the best validation score).
+
+    ``test_every`` (0: never) also evaluates the test part every that many epochs, for learning curves
+    (``test_*`` in ``metrics.jsonl``); those numbers are reported only and never choose anything.
     """
 
     selection: str = "val"
     knn_k: int = 20
     knn_temperature: float = 0.07
     every: int = 1
+    test_every: int = 0
     projector_per_class: int = 20
     thumbnail_size: int = 48
 
@@ -383,6 +387,7 @@ class EvalConfig:
         _positive("eval.knn_k", self.knn_k)
         _positive("eval.knn_temperature", self.knn_temperature)
         _positive("eval.every", self.every)
+        _positive("eval.test_every", self.test_every, allow_zero=True)
         _positive("eval.projector_per_class", self.projector_per_class, allow_zero=True)
 
 
@@ -415,10 +420,12 @@ class RunConfig:
 
     ``name`` defaults to the config file's stem plus a UTC timestamp. An existing run folder is never
     reused silently: pass ``--resume`` to continue it or ``run.overwrite=true`` to move it aside.
-    ``stop_after_epochs`` ends this session after that many epochs (a time-sliced or preemptible
-    job); ``--resume`` continues it. ``checkpoints/last.pt`` (everything a resume needs) is written every
-    ``checkpoint_every`` epochs and at the end of each session; an interrupted run resumes from the
-    last one written and repeats the epochs after it.
+    ``stop_after_epochs`` ends this session after that many epochs, ``stop_after_minutes`` before the epoch
+    that would end past that many minutes of this session's training (judged by its epochs so far), so a
+    time-sliced or preemptible job stops with its state saved; ``--resume`` continues it (and may set
+    either budget anew for the next session, see :data:`RESUME_OVERRIDES`). ``checkpoints/last.pt``
+    (everything a resume needs) is written every ``checkpoint_every`` epochs and at the end of each
+    session; an interrupted run resumes from the last one written and repeats the epochs after it.
     """
 
     output_dir: str = "runs"
@@ -427,6 +434,7 @@ class RunConfig:
     device: str = "auto"
     overwrite: bool = False
     stop_after_epochs: Optional[int] = None
+    stop_after_minutes: Optional[float] = None
     checkpoint_every: int = 1
     progress: bool = True
     tensorboard: bool = True
@@ -437,6 +445,8 @@ class RunConfig:
         _positive("run.checkpoint_every", self.checkpoint_every)
         if self.stop_after_epochs is not None:
             _positive("run.stop_after_epochs", self.stop_after_epochs)
+        if self.stop_after_minutes is not None:
+            _positive("run.stop_after_minutes", self.stop_after_minutes)
 
 
 @dataclass
@@ -534,6 +544,24 @@ def _merge(schema_cfg: DictConfig, update: DictConfig, source: str) -> DictConfi
         raise ConfigError(f"{source}: bad value for '{key}': {message}") from None
 
 
+def _override_key(override: str) -> str:
+    key, sep, _ = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    return key.strip()
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    for override in overrides:
+        _override_key(override)
+        try:
+            update = OmegaConf.from_dotlist([override])
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"override {override!r} could not be parsed: {error}") from None
+        cfg = _merge(cfg, update, f"override {override!r}")
+    return cfg
+
+
 def load_config(schema: Type[T], path: Optional[os.PathLike] = None, overrides: Sequence[str] = ()) -> T:
     """Builds a config of type ``schema`` from its defaults, a YAML file, then ``key=value`` overrides.
 
@@ -564,15 +592,7 @@ def load_config(schema: Type[T], path: Optional[os.PathLike] = None, overrides: 
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got a list")
         cfg = _merge(cfg, loaded, f"config file {str(path)!r}")
-    for override in overrides:
-        key, sep, _ = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} must look like section.key=value")
-        try:
-            update = OmegaConf.from_dotlist([override])
-        except OmegaConfBaseException as error:
-            raise ConfigError(f"override {override!r} could not be parsed: {error}") from None
-        cfg = _merge(cfg, update, f"override {override!r}")
+    cfg = _apply_overrides(cfg, overrides)
     try:
         OmegaConf.resolve(cfg)
         return OmegaConf.to_object(cfg)
@@ -588,9 +608,36 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(schema: Type[T], values: Dict[str, Any]) -> T:
-    """Rebuilds and re-validates a config saved with :func:`config_to_dict`."""
-    return OmegaConf.to_object(_merge(OmegaConf.structured(schema), OmegaConf.create(values), "saved config"))
+#: What ``--resume`` may change: where the data is on this machine and how long this session trains.
+#: Everything else is the run's own recipe, and changing it midway would make a different run.
+RESUME_OVERRIDES = ("data.root", "run.stop_after_epochs", "run.stop_after_minutes", "run.progress")
+
+
+def check_resume_overrides(overrides: Sequence[str]) -> None:
+    """Refuses ``--resume`` overrides of anything but :data:`RESUME_OVERRIDES`.
+
+    Raises:
+        ConfigError: An override of another key (named, with the keys that may change).
+    """
+    for override in overrides:
+        key = _override_key(override)
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(
+                f"override {override!r}: --resume continues a run with its saved config, so only "
+                f"{', '.join(RESUME_OVERRIDES)} may change; start a new run to change {key}"
+            )
+
+
+def config_from_dict(schema: Type[T], values: Dict[str, Any], overrides: Sequence[str] = ()) -> T:
+    """Rebuilds and re-validates a config saved with :func:`config_to_dict`, then applies ``overrides``.
+
+    Raises:
+        ConfigError: The saved config does not fit ``schema``, or an override is not one of
+            :data:`RESUME_OVERRIDES` or has a bad value.
+    """
+    check_resume_overrides(overrides)
+    cfg = _merge(OmegaConf.structured(schema), OmegaConf.create(values), "saved config")
+    return OmegaConf.to_object(_apply_overrides(cfg, overrides))
 
 
 def config_to_yaml(config: Any) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "RunExistsError",
     "RunLockedError",
     "RUN_MODES",
+    "PORTABLE_RUN_FILES",
     "release_lock",
     "to_jsonable",
     "read_jsonl",
@@ -67,6 +68,13 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 RUN_MODES = ("new", "resume", "overwrite")
+
+#: The files of a run folder another machine needs to resume it (and, once finished, its result): what a
+#: results store in a repository commits, where present (``best.pt`` exists only when the run selects an
+#: epoch on validation; the final evaluation reloads it). TensorBoard events and the lock stay behind.
+PORTABLE_RUN_FILES = (
+    "config.yaml", "environment.json", "metrics.jsonl", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt",
+)
 LAST_CHECKPOINT = "last.pt"
 
 

@@ -130,8 +130,12 @@ def _open_run(cfg: Any, config_stem: str, resume: Optional[str]) -> RunDir:
     return run
 
 
-def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> tuple:
+def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str],
+           resume_overrides: Sequence[str] = ()) -> tuple:
     """Joins the process group and checks the launch; a resumed run takes its saved config.
+
+    ``resume_overrides`` are ``key=value`` changes to that config (only ``RESUME_OVERRIDES``: the data's
+    place on this machine and this session's budget).
 
     Returns ``(cfg, run, checkpoint)``: ``run`` and ``checkpoint`` (its ``last.pt``, read once here and
     handed to :func:`bcl.training.fit`) are None for a new run, whose folder is made only once data and model
@@ -149,7 +153,7 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str]) -> t
             hint = f": resume it with {_SCRIPTS[saved_stage]}" if saved_stage in _SCRIPTS else ""
             raise ConfigError(f"--resume {run.path}: its checkpoint holds a {saved_stage!r} stage run, not the "
                               f"{stage!r} stage {_SCRIPTS[stage]} trains{hint}")
-        cfg = config_from_dict(schema, checkpoint["config"])
+        cfg = config_from_dict(schema, checkpoint["config"], resume_overrides)
         _check_launch_settings(cfg)
     torch.manual_seed(cfg.run.seed)
     return cfg, run, checkpoint
@@ -239,9 +243,10 @@ class Stage1Objective(nn.Module):
         return stage1_objective(out, targets, self.contrastive, self.logit_adjusted, self.alpha, self.beta, self.joint)
 
 
-def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None) -> StageResult:
+def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None,
+               resume_overrides: Sequence[str] = ()) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
-    cfg, run, checkpoint = _start(SupConConfig, cfg, config_stem, resume)
+    cfg, run, checkpoint = _start(SupConConfig, cfg, config_stem, resume, resume_overrides)
     dataset, splits = _stage_data(cfg)
     model = BCLModel(
         _encoder(cfg.model), len(dataset.class_names), proj_dim=cfg.model.proj_dim,
@@ -310,9 +315,10 @@ def _classifier_loss(cfg: LinearConfig, train_counts: Sequence[int]) -> nn.Modul
     return nn.CrossEntropyLoss(weight=weight)
 
 
-def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None) -> StageResult:
+def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None,
+               resume_overrides: Sequence[str] = ()) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
-    cfg, run, checkpoint = _start(LinearConfig, cfg, config_stem, resume)
+    cfg, run, checkpoint = _start(LinearConfig, cfg, config_stem, resume, resume_overrides)
     if not (cfg.model.stage1_checkpoint or cfg.model.finetune or cfg.model.weights != "none"
             or cfg.model.random_encoder):
         raise ConfigError(

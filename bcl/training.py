@@ -282,16 +282,25 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
                               world_size=world_size)
         means = train_one_epoch(trained, objective, loader, optimizer, scheduler, scaler, device, epoch, cfg)
         record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **means}
+        epoch_reference = reference  # the training part's features after this epoch, once extracted
         if main and validating and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs):
             # The main process evaluates on the whole validation part with the unwrapped model, so
             # metrics cover every image rather than one rank's shard.
-            val, kept = evaluate_part(stage, model, splits.val, device, reference)
-            reference = kept if stage.frozen_encoder else None
-            record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, (int, float)) or v is None})
+            val, epoch_reference = evaluate_part(stage, model, splits.val, device, epoch_reference)
+            record.update(_numbers("val", val))
             value = val.get(stage.selection)
             if value is not None and (best["value"] is None or value > best["value"]):
                 best = {"epoch": epoch + 1, "value": float(value), "metric": stage.selection}
                 checkpointer.save_best(epoch + 1, model)
+        if main and cfg.eval.test_every and (epoch + 1) % cfg.eval.test_every == 0:
+            # A learning curve only: nothing reads these numbers back, so the test part chooses nothing.
+            test, epoch_reference = evaluate_part(stage, model, splits.test, device, epoch_reference)
+            record.update(_numbers("test", test))
+        reference = epoch_reference if stage.frozen_encoder else None
+        if (cfg.run.stop_after_minutes is not None and epoch + 1 < stop_at
+                and _next_epoch_would_overrun(time.perf_counter() - started, epoch + 1 - start_epoch,
+                                              cfg.run.stop_after_minutes)):
+            stop_at = epoch + 1  # saved below like any session's last epoch
         if main:
             run.append_log(record)
             board.scalars(_scalar_groups(record, constant_lr), step=epoch + 1)
@@ -306,12 +315,14 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
                         cfg.optim.epochs, record.get("train_loss", float("nan")), shown,
                         time.perf_counter() - epoch_started, _clock(elapsed), _clock(left))
         barrier()  # every rank sees the epoch's checkpoint before the next epoch starts
+        if epoch + 1 == stop_at:
+            break
     completed = max(stop_at, start_epoch)
     if completed < cfg.optim.epochs or not main:
         board.close()
         if completed < cfg.optim.epochs and main:
-            logger.info("stopped after epoch %d of %d (run.stop_after_epochs); continue with --resume %s",
-                        completed, cfg.optim.epochs, run.path)
+            logger.info("stopped after epoch %d of %d (this session's budget: run.stop_after_epochs / "
+                        "run.stop_after_minutes); continue with --resume %s", completed, cfg.optim.epochs, run.path)
         barrier()
         return StageResult(run.path, None, completed)
 
@@ -324,6 +335,16 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
     return StageResult(run.path, metrics, completed)
 
 
+def _numbers(part: str, metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The scalar metrics of one part as ``{part}_{name}`` entries of an epoch record."""
+    return {f"{part}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+
+
+def _next_epoch_would_overrun(elapsed_s: float, epochs_done: int, budget_minutes: float) -> bool:
+    """True when one more epoch, as long as this session's average so far, would end past the budget."""
+    return elapsed_s + elapsed_s / max(epochs_done, 1) > budget_minutes * 60
+
+
 def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}:{seconds:02d}"
@@ -331,7 +352,7 @@ def _clock(seconds: float) -> str:
 
 def _scalar_groups(record: Dict[str, Any], constant_lr: bool) -> Dict[str, Dict[str, Any]]:
     """An epoch record as TensorBoard groups: ``train/loss``, ``train/lr``, ``val/balanced_accuracy``..."""
-    groups: Dict[str, Dict[str, Any]] = {"train": {}, "val": {}}
+    groups: Dict[str, Dict[str, Any]] = {"train": {}, "val": {}, "test": {}}
     for key, value in record.items():
         part, _, name = key.partition("_")
         if part in groups:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bcl.cli import main
 from bcl.config import LinearConfig, SupConConfig
+from bcl.runs import PORTABLE_RUN_FILES
 from bcl.stages import load_stage1_encoder, run_linear, run_supcon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +164,65 @@ def test_stop_after_epochs_then_resume(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().out
     assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run)]) == 0
     assert (run / "metrics.json").exists()
+
+
+def final_test(run):
+    return json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_stop_after_minutes_stops_with_its_state_saved_and_resume_sets_a_new_budget(tmp_path, capsys):
+    run = supcon(tmp_path, "timed", "optim.epochs=3", "run.stop_after_minutes=0.00001")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1  # one epoch, then out of time
+    assert not (run / "metrics.json").exists() and "--resume" in capsys.readouterr().out
+    # The resumed session keeps the saved budget unless told otherwise: one more epoch ...
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run)]) == 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    # ... and with a new budget it finishes.
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run), "run.stop_after_minutes=60"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["selected_epoch"] is not None
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_test_every_logs_learning_curve_points_that_choose_nothing(tmp_path):
+    plain = linear(tmp_path, "plain", "model.finetune=true", "optim.epochs=3", "eval.selection=last")
+    curve = linear(tmp_path, "curve", "model.finetune=true", "optim.epochs=3", "eval.selection=last",
+                   "eval.test_every=2")
+    records = read_jsonl(curve / "metrics.jsonl")
+    assert ["test_balanced_accuracy" in r for r in records] == [False, True, False]
+    assert 0 <= records[1]["test_balanced_accuracy"] <= 1 and "test_knn_balanced_accuracy" in records[1]
+    # Evaluating the test part on the way changes neither the training nor the final result.
+    assert final_test(curve) == final_test(plain)
+    events = EventAccumulator(str(curve / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert 2 in [e.step for e in events.Scalars("test/balanced_accuracy")]
+
+
+def test_a_run_moved_to_another_machine_resumes_bit_identical(tmp_path):
+    """What a results store commits (config, log, environment, last.pt) is all a fresh clone needs."""
+    whole = supcon(tmp_path / "a", "whole", "optim.epochs=3")
+    sliced = supcon(tmp_path / "a", "sliced", "optim.epochs=3", "run.stop_after_epochs=2")
+    moved = tmp_path / "fresh_clone" / "results" / "sliced"
+    for name in PORTABLE_RUN_FILES:
+        if (sliced / name).exists():
+            (moved / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sliced / name, moved / name)
+    shutil.rmtree(sliced)  # nothing of the first machine is left
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(moved), "run.stop_after_epochs=5"]) == 0
+    a, b = (torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (whole, moved))
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert final_test(moved) == final_test(whole)
+
+
+def test_resume_may_change_the_data_place_and_budget_only(tmp_path, capsys):
+    run = supcon(tmp_path, "r", "run.stop_after_epochs=1")
+    capsys.readouterr()
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run), "optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'optim.lr=0.5'" in err and "data.root, run.stop_after_epochs" in err and "new run" in err
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run), "run.stop_after_minutes=-1"]) == 2
+    assert "run.stop_after_minutes must be > 0" in capsys.readouterr().err
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1  # refused: nothing ran
 
 
 # --- bad input: clear errors, nothing lost --------------------------------------------------------
