@@ -4,6 +4,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from bcl.checkpoints import (
     checkpoint_safe,
 )
 from bcl.provenance import environment_info, git_info
-from bcl.runs import RunDir, RunExistsError, read_jsonl
+from bcl.runs import PORTABLE_RUN_FILES, RunDir, RunExistsError, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,3 +291,21 @@ def test_atomic_files_and_run_folders_get_the_permissions_plain_open_and_mkdir_g
         assert run.path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
     finally:
         os.umask(umask)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_results_store_commits_exactly_what_a_run_needs_to_move():
+    """``.gitignore`` keeps a long run's portable files under ``results/cifar10lt/`` and nothing else of it."""
+    root = Path(__file__).resolve().parents[1]
+
+    def ignored(path):
+        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=root)
+        assert done.returncode in (0, 1), f"git check-ignore failed on {path}"
+        return done.returncode == 0
+
+    run = "results/cifar10lt/some-run"
+    assert not any(ignored(f"{run}/{name}") for name in PORTABLE_RUN_FILES)
+    left_behind = [".lock", "tensorboard/events.out.tfevents.1.host", "tensorboard/projector_config.pbtxt",
+                   "checkpoints/last.pt.tmp", "features.npz"]
+    assert all(ignored(f"{run}/{name}") for name in left_behind)
+    assert ignored("results/mvtec/cell/metrics.json")  # other results stay out of git
