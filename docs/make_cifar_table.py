@@ -10,6 +10,7 @@ numbers. Without ``--write`` the table is printed; with it, the part of the page
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def row(folder: Path) -> str:
     if not run.metrics_path.is_file():
         raise FileNotFoundError(f"{folder} has no metrics.json: the run has not finished")
     cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-    metrics = run.read_metrics()
+    metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
     loss = cfg["loss"]
     test = metrics["test"]
     factor = cfg["data"].get("imbalance_factor")
