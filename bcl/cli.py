@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Type
 
-from bcl.config import check_resume_overrides, config_to_yaml, load_config
+from bcl.config import RESUME_OVERRIDES, check_resume_overrides, config_to_yaml, load_config
 from bcl.distributed import cleanup, is_main_process
 from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
 from bcl.stages import RunInterrupted
@@ -28,8 +28,8 @@ def _parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML config file (keys of the schema only)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint (overrides: data.root and "
-                             "this session's budget only)")
+                        help="continue the run in RUN_DIR from its last checkpoint (overrides of "
+                             f"{', '.join(RESUME_OVERRIDES)} only)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
@@ -90,10 +90,8 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
                 sys.stdout.write(config_to_yaml(cfg))
                 return 0
             stem = args.config.stem if args.config else schema.__name__.lower()
-            if args.resume:
-                result = run_stage(cfg, config_stem=stem, resume=args.resume, resume_overrides=args.overrides)
-            else:
-                result = run_stage(cfg, config_stem=stem)
+            result = run_stage(cfg, config_stem=stem, resume=args.resume,
+                               resume_overrides=args.overrides if args.resume else ())
             main_process = is_main_process()  # asked before cleanup() forgets the process group
     except KeyboardInterrupt as interrupt:
         name = "SIGTERM" if interrupt.args[:1] == ("SIGTERM",) else "SIGINT (Ctrl-C)"
