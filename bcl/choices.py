@@ -9,8 +9,9 @@ new option is added in one place. Nothing here imports torch, so loading a confi
 DATASETS = ("synthetic", "mvtec", "folder")
 SPLITS = ("kfold", "holdout", "generated", "folders")
 FOLDER_LAYOUTS = ("auto", "flat", "train_test")  # see bcl.data.folder
-# The classifier view: random resized crop; the CIFAR pad-4 crop + flip; or that plus AutoAugment and Cutout.
-AUGMENTS = ("crop", "pad_crop", "cifar")
+# The classifier view: random resized crop; the CIFAR pad-4 crop + flip; that plus AutoAugment; or that
+# plus AutoAugment and Cutout.
+AUGMENTS = ("crop", "pad_crop", "autoaugment", "cifar")
 # Per-channel (mean, std) the images are normalised with, by name (values in [0, 1] units). "cifar10" is
 # the pair the CIFAR-LT code of LDAM-DRW and its BCL-lineage successors normalise with.
 NORMALIZATIONS = {

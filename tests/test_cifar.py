@@ -189,7 +189,7 @@ def test_an_imbalance_factor_the_smallest_class_cannot_hold_is_named(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["data.split=folders"], r"data.split=folders .* needs data.dataset=folder"),
     (["data.class_names=[a,b]"], r"data.class_names applies to data.dataset=folder only"),
-    (["data.augment=autoaugment"], r"data.augment must be one of \['crop', 'pad_crop', 'cifar'\]"),
+    (["data.augment=auto_augment"], r"data.augment must be one of \['crop', 'pad_crop', 'autoaugment', 'cifar'\]"),
     (["data.normalization=cifar"], r"data.normalization must be one of \['imagenet', 'cifar10'\]"),
     (["optim.schedule=step"], r"optim.decay_epochs must be increasing epochs"),
     (["optim.schedule=step", "optim.decay_epochs=[20,10]"], r"optim.decay_epochs must be increasing"),
@@ -256,6 +256,21 @@ def test_cifar_classifier_view_pads_crops_and_cuts_out_a_quarter():
         assert out.shape == (3, 32, 32)
         black = max(black, int((out[0] < -2.0).sum()))  # black after ImageNet normalisation is about -2.1
     assert black >= 256  # the 16 x 16 Cutout square (plus whatever padding the crop brought in)
+
+
+def test_autoaugment_view_is_the_cifar_view_without_cutout():
+    view = classifier_view(32, augment="autoaugment")
+    names = [type(t).__name__ for t in view.transforms]
+    assert names == ["RandomCrop", "RandomHorizontalFlip", "AutoAugment", "ToDtype", "Normalize"]
+    image = torch.randint(1, 255, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with_cutout = classifier_view(32, augment="cifar")
+    for seed in range(10):  # the same draws give the same image except inside the Cutout square
+        torch.manual_seed(seed)
+        plain = view(image)
+        torch.manual_seed(seed)
+        cut = with_cutout(image)
+        differs = (plain != cut).any(dim=0)
+        assert 0 < int(differs.sum()) <= 16 * 16
 
 
 # ------------------------------------------------------------------ a two-epoch CIFAR-LT run

@@ -72,10 +72,11 @@ def classifier_view(
 
     ``augment="crop"``: random resized crop (``crop_scale``), horizontal flip, optional RandAugment.
     ``augment="pad_crop"``: the standard CIFAR view of He et al. and LDAM-DRW's cross-entropy runs — a 4 px
-    zero-padded random crop and a horizontal flip. ``augment="cifar"``: the CIFAR-LT recipe of BCL-lineage
-    code — that crop and flip, AutoAugment with its CIFAR-10 policy, then Cutout of one square of a quarter
-    of the area set to black (torchvision's ``RandomErasing`` with ``p=1``; unlike the original Cutout the
-    square always lies wholly inside the image). ``crop_scale`` is not used by either CIFAR view.
+    zero-padded random crop and a horizontal flip. ``augment="autoaugment"``: that crop and flip, then
+    AutoAugment with its CIFAR-10 policy (the classifier view of the public BCL-lineage CIFAR script,
+    ConCutMix's ``uncutout`` view). ``augment="cifar"``: that, then Cutout of one square of a quarter of the
+    area set to black (torchvision's ``RandomErasing`` with ``p=1``; unlike the original Cutout the square
+    always lies wholly inside the image). ``crop_scale`` is not used by the CIFAR views.
 
     Args:
         image_size: Output side in pixels.
@@ -95,17 +96,15 @@ def classifier_view(
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {augment!r}")
     normalize = _normalize(normalization)
-    if augment in ("pad_crop", "cifar"):
+    if augment in ("pad_crop", "autoaugment", "cifar"):
         size = _check_size(image_size)
         steps: List[Callable] = [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
-        if augment == "pad_crop":
-            return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), normalize])
-        return v2.Compose(steps + [
-            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.RandomErasing(p=1.0, scale=(CUTOUT_AREA, CUTOUT_AREA), ratio=(1.0, 1.0), value=0.0),
-            normalize,
-        ])
+        if augment != "pad_crop":
+            steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+        steps.append(v2.ToDtype(torch.float32, scale=True))
+        if augment == "cifar":
+            steps.append(v2.RandomErasing(p=1.0, scale=(CUTOUT_AREA, CUTOUT_AREA), ratio=(1.0, 1.0), value=0.0))
+        return v2.Compose(steps + [normalize])
     steps = [
         v2.RandomResizedCrop(_check_size(image_size), scale=_check_crop_scale(crop_scale), antialias=True),
         v2.RandomHorizontalFlip(),
