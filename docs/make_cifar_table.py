@@ -10,12 +10,12 @@ numbers. Without ``--write`` the table is printed; with it, the part of the page
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import yaml
 
+from bcl.compare import load_test_metrics
 from bcl.runs import RunDir
 
 START, END = "<!-- cifar-table:start -->", "<!-- cifar-table:end -->"
@@ -32,11 +32,8 @@ def percent(value) -> str:
 
 
 def row(folder: Path) -> str:
-    run = RunDir(folder)
-    if not run.metrics_path.is_file():
-        raise FileNotFoundError(f"{folder} has no metrics.json: the run has not finished")
-    cfg = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-    metrics = json.loads(run.metrics_path.read_text(encoding="utf-8"))
+    metrics = load_test_metrics(folder)
+    cfg = yaml.safe_load(RunDir(folder).config_path.read_text(encoding="utf-8"))
     loss = cfg["loss"]
     test = metrics["test"]
     factor = cfg["data"].get("imbalance_factor")
