@@ -17,10 +17,14 @@ AUGMENTS = ("crop", "pad_crop", "autoaugment", "cifar")
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # [-1, 1]: what TensorFlow's EfficientNet-Lite ImageNet weights were trained with ((x - 127) / 128).
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 # Models (model.*)
-ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet32")
+# The ImageNet EfficientNet-Lite0 of an optional pip extra (bcl.models.efficientnet).
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet32", EFFICIENTNET_LITE0)
 CLASSIFIERS = ("cosine", "linear")
 PROTOTYPE_MODES = ("classifier", "learned", "none")
 

