@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bcl.choices import NORMALIZATIONS
 from bcl.config import ConfigError, LinearConfig, OptimConfig, SupConConfig, load_config
 from bcl.metrics import GOOD_CLASS_METRICS
 from bcl.data import ImageDecodeError, ImageFolder, ImageFolderError, classifier_view
@@ -190,7 +192,8 @@ def test_an_imbalance_factor_the_smallest_class_cannot_hold_is_named(tmp_path):
     (["data.split=folders"], r"data.split=folders .* needs data.dataset=folder"),
     (["data.class_names=[a,b]"], r"data.class_names applies to data.dataset=folder only"),
     (["data.augment=auto_augment"], r"data.augment must be one of \['crop', 'pad_crop', 'autoaugment', 'cifar'\]"),
-    (["data.normalization=cifar"], r"data.normalization must be one of \['imagenet', 'cifar10'\]"),
+    (["data.normalization=cifar"],
+     re.escape(f"data.normalization must be one of {list(NORMALIZATIONS)}, got 'cifar'")),
     (["optim.schedule=step"], r"optim.decay_epochs must be increasing epochs"),
     (["optim.schedule=step", "optim.decay_epochs=[20,10]"], r"optim.decay_epochs must be increasing"),
     (["optim.schedule=step", "optim.decay_epochs=[40]"], r"in \[optim.warmup_epochs=2, optim.epochs=30\)"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from bcl.choices import NORMALIZATIONS
 from bcl.data.base import ImageClassificationDataset, Sample
 from bcl.data.transforms import (
     IMAGENET_MEAN,
@@ -121,7 +124,8 @@ def test_subset_keeps_labels_names_and_transform():
         (lambda: contrastive_view(32, color_jitter=-1), "color_jitter"),
         (lambda: MultiViewTransform([]), "views must be a non-empty sequence"),
         (lambda: bcl_train_transform(32, contrastive_views=0), "contrastive_views must be an int >= 1"),
-        (lambda: eval_transform(32, "cifar"), r"normalization must be one of \['imagenet', 'cifar10'\]"),
+        (lambda: eval_transform(32, "cifar"),
+             re.escape(f"normalization must be one of {list(NORMALIZATIONS)}, got 'cifar'")),
         (lambda: classifier_view(32, augment="padcrop"), "augment must be one of"),
     ],
 )
