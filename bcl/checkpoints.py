@@ -27,7 +27,7 @@ import pickle
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -213,30 +213,35 @@ def check_checkpoint_safe(obj: Any, name: str = "state") -> None:
         ...
         TypeError: state['counts'] is a numpy.ndarray, which torch.load(weights_only=True) refuses; ...
     """
-    # Iterative walk: deep nests cannot hit the recursion limit, and cycles are caught.
-    stack = [(obj, name)]
-    seen = set()
+    # Iterative walk: deep nests cannot hit the recursion limit. A container met again is either shared
+    # (the optimiser's param groups share one `betas` tuple: checked once, fine) or its own ancestor (a
+    # cycle: refused), so each entry carries the ids of the containers above it.
+    stack: List[Tuple[Any, str, Tuple[int, ...]]] = [(obj, name, ())]
+    checked = set()
     while stack:
-        value, where = stack.pop()
+        value, where, above = stack.pop()
         # Exact types: numpy.float64 subclasses float and IntEnum subclasses int, yet both pickle as
         # globals that weights_only refuses.
         if isinstance(value, torch.Tensor) or type(value) in _SAFE_LEAVES or isinstance(value, _SAFE_TYPES):
             continue
         if isinstance(value, (list, tuple, dict)):  # torch.Size and OrderedDict are subclasses
-            if id(value) in seen:
+            if id(value) in above:
                 raise TypeError(f"{where} contains itself (a reference cycle); checkpoints must be trees")
-            seen.add(id(value))
+            if id(value) in checked:
+                continue
+            checked.add(id(value))
+            inside = (*above, id(value))
             if isinstance(value, dict):
                 if type(value) not in (dict, collections.OrderedDict):
                     raise TypeError(f"{where} is a {type(value).__name__}; use a plain dict")
                 for key, item in value.items():
                     if type(key) not in _SAFE_LEAVES:
                         raise TypeError(f"{where} has a key of type {type(key).__name__}: {key!r}")
-                    stack.append((item, _key_path(where, key)))
+                    stack.append((item, _key_path(where, key), inside))
             else:
                 if type(value) not in (list, tuple, torch.Size):
                     raise TypeError(f"{where} is a {type(value).__name__}; use a plain list or tuple")
-                stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+                stack.extend((item, f"{where}[{i}]", inside) for i, item in enumerate(value))
             continue
         kind = f"{type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
         raise TypeError(

@@ -201,6 +201,21 @@ def test_unsafe_contents_are_refused_at_save_time(tmp_path):
     assert loaded["sampler"]["counts"].tolist() == [3, 1] and loaded["lr"] == 0.1 and loaded["p"] == "x"
 
 
+def test_shared_values_are_saved_and_only_a_true_cycle_is_refused(tmp_path):
+    # two param groups (optim.backbone_lr_scale < 1) share the optimiser's one `betas` tuple
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    optimizer = torch.optim.Adam([{"params": model[0].parameters(), "lr": 1e-4}, {"params": model[1].parameters()}])
+    groups = optimizer.state_dict()["param_groups"]
+    assert groups[0]["betas"] is groups[1]["betas"]
+    run = RunDir.open(tmp_path, "r1")
+    run.save_checkpoint({"optimizer": optimizer.state_dict()})
+    assert run.load_checkpoint()["optimizer"]["param_groups"][1]["betas"] == (0.9, 0.999)
+    cycle = {"a": [1]}
+    cycle["a"].append(cycle)
+    with pytest.raises(TypeError, match=r"state\['a'\]\[1\] contains itself"):
+        check_checkpoint_safe(cycle)
+
+
 def test_a_checkpoint_with_objects_names_the_allowed_contents(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"counts": np.array([1, 2])}, path)  # written without bcl's check
