@@ -239,9 +239,10 @@ def knn_metrics(
 
     Returns:
         A dictionary with ``knn_accuracy``, ``knn_balanced_accuracy`` (mean recall over the classes
-        present in ``query_labels``), ``knn_k`` (the effective ``k`` after clamping) and
+        present in ``query_labels``), ``knn_k`` (the effective ``k`` after clamping),
         ``knn_good_vs_defect_auroc`` (``None`` when the queries are all good or all defective, or
-        the training set has no good embedding).
+        the training set has no good embedding) and ``knn_per_class_recall`` (class name -> recall,
+        ``None`` for a class absent from the queries).
 
     Raises:
         ValueError: As :func:`knn_predict`, plus bad ``query_labels``, ``class_names`` or
@@ -277,4 +278,5 @@ def knn_metrics(
         "knn_balanced_accuracy": mean_or_none(recall),
         "knn_k": int(k_eff),
         "knn_good_vs_defect_auroc": auroc,
+        "knn_per_class_recall": dict(zip(names, recall)),
     }
