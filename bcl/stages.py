@@ -290,6 +290,11 @@ def _check_same_split(cfg: LinearConfig, stage1_cfg: SupConConfig, path: str) ->
             f"model.stage1_checkpoint {path!r} was trained on a different split ({details}); its training "
             "images could be in this run's test part. Use the stage-1 run's data settings."
         )
+    if cfg.data.normalization != stage1_cfg.data.normalization:
+        raise ConfigError(
+            f"data.normalization={cfg.data.normalization}: model.stage1_checkpoint {path!r} was trained on images "
+            f"normalised with {stage1_cfg.data.normalization!r}; set data.normalization={stage1_cfg.data.normalization}"
+        )
 
 
 class ClassifierObjective(nn.Module):

@@ -253,11 +253,14 @@ def test_stage2_refuses_a_checkpoint_that_is_not_stage1(tmp_path, capsys):
     assert "could not be loaded" in capsys.readouterr().err
 
 
-def test_stage2_refuses_a_stage1_encoder_trained_on_another_split(tmp_path, capsys):
+def test_stage2_refuses_a_stage1_encoder_trained_on_another_split_or_normalisation(tmp_path, capsys):
     stage1 = supcon(tmp_path, "s1", "optim.epochs=1")
     linear(tmp_path, "leaky", f"model.stage1_checkpoint={stage1 / 'checkpoints' / 'best.pt'}", "data.split_seed=1",
            expect=2)
     assert "different split" in capsys.readouterr().err
+    linear(tmp_path, "renormalised", f"model.stage1_checkpoint={stage1 / 'checkpoints' / 'best.pt'}",
+           "data.normalization=cifar10", expect=2)
+    assert "normalised with 'imagenet'; set data.normalization=imagenet" in capsys.readouterr().err
 
 
 def test_missing_dataset_path_fails_before_training(tmp_path, capsys):
