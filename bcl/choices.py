@@ -38,5 +38,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 SAMPLERS = ("instance", "class_aware")
 SELECTIONS = ("last", "val")
-AMP_MODES = ("off", "bf16", "fp16")
+# "auto": bf16 where the device has fast bf16 kernels, float32 elsewhere (bcl.engine.resolve_precision).
+AMP_MODES = ("off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -418,9 +418,11 @@ class EvalConfig:
 class TrainConfig:
     """How steps run: mixed precision, memory format, multi-process options.
 
-    ``amp``: ``off``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler); losses are
-    computed in float32 inside either way. ``sync_batchnorm`` synchronises BatchNorm statistics across
-    processes under torchrun. ``dist_timeout_s`` bounds how long a process waits for a dead peer.
+    ``amp``: ``off``, ``auto`` (bf16 where the device runs it fast, float32 elsewhere: a CPU without
+    bf16 instructions runs bf16 many times slower), ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a
+    gradient scaler); losses are computed in float32 inside either way. ``sync_batchnorm`` synchronises
+    BatchNorm statistics across processes under torchrun. ``dist_timeout_s`` bounds how long a process
+    waits for a dead peer.
     """
 
     amp: str = "off"
@@ -636,9 +638,11 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-#: What ``--resume`` may change: where the data is on this machine and how long this session trains.
-#: Everything else is the run's own recipe, and changing it midway would make a different run.
-RESUME_OVERRIDES = ("data.root", "run.stop_after_epochs", "run.stop_after_minutes", "run.progress")
+#: What ``--resume`` may change: where the data is on this machine, how long this session trains, and
+#: ``train.amp``, because whether bf16 is fast is a property of the machine a run moves to (each epoch's
+#: record in ``metrics.jsonl`` says which precision it ran in). Everything else is the run's own recipe,
+#: and changing it midway would make a different run.
+RESUME_OVERRIDES = ("data.root", "run.stop_after_epochs", "run.stop_after_minutes", "run.progress", "train.amp")
 
 
 def check_resume_overrides(overrides: Sequence[str]) -> None:

@@ -30,6 +30,8 @@ from bcl.metrics import GOOD_CLASS, GOOD_CLASS_METRICS, classification_metrics, 
 from bcl.samplers import ClassAwareSampler
 
 __all__ = [
+    "cpu_has_bf16_kernels",
+    "resolve_precision",
     "NonFiniteLossError",
     "resolve_device",
     "seed_for_epoch",
@@ -59,6 +61,30 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device=cuda but no CUDA device is available; use run.device=cpu or auto")
     return torch.device(name)
+
+
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU (AVX-512 BF16 / AMX class instructions).
+
+    Without them bf16 autocast on a CPU falls back to slow reference code: a ResNet-32 training step of
+    128 CIFAR images took 37 s in bf16 against 1.1 s in float32 on a 2-core AVX2 AMD EPYC, one thread.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_precision(amp: str, device: torch.device) -> str:
+    """The autocast mode ``train.amp`` means on ``device``: ``off``, ``bf16`` or ``fp16``.
+
+    ``auto`` is bf16 where the hardware runs it fast (a CUDA device with bf16, a CPU with
+    :func:`cpu_has_bf16_kernels`) and float32 (``off``) elsewhere; the other values are taken as given.
+    """
+    if amp != "auto":
+        return amp
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16_kernels()
+    return "bf16" if fast else "off"
 
 
 def seed_for_epoch(seed: int, epoch: int) -> int:

@@ -31,10 +31,12 @@ from bcl.engine import (
     build_optimizer,
     build_scheduler,
     check_finite,
+    cpu_has_bf16_kernels,
     evaluate,
     extract,
     progress,
     resolve_device,
+    resolve_precision,
     seed_epoch,
     steps_per_epoch,
     train_loader,
@@ -148,16 +150,17 @@ class Checkpointer:
         model.load_state_dict(self.run.load_checkpoint("best.pt")["model"])
 
 
-def _autocast(cfg: Any, device: torch.device):
-    if cfg.train.amp == "off":
+def _autocast(precision: str, device: torch.device):
+    """Autocast for a resolved ``precision`` (:func:`bcl.engine.resolve_precision`)."""
+    if precision == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, scaler: Optional[torch.amp.GradScaler], device: torch.device, epoch: int,
-                    cfg: Any) -> Dict[str, float]:
-    """One pass over ``loader``, one optimiser and schedule step per batch.
+                    cfg: Any, precision: str = "off") -> Dict[str, float]:
+    """One pass over ``loader``, one optimiser and schedule step per batch, under autocast ``precision``.
 
     Returns:
         ``{"train_loss": ..., "train_<term>": ...}``: epoch means over every process's steps (a gathered
@@ -172,7 +175,7 @@ def train_one_epoch(model: nn.Module, objective: nn.Module, loader: Any, optimiz
         images, targets = images.to(device), targets.to(device)
         if cfg.train.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(cfg, device):
+        with _autocast(precision, device):
             loss, terms = objective(model(images), targets)
         check_finite({**terms, "total": loss}, epoch, step)  # name the culprit term first
         optimizer.zero_grad(set_to_none=True)
@@ -247,7 +250,10 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch(train_set, local_batch, cfg.sampler, cfg.run.seed,
                                                                       rank, world_size))
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
+    precision = resolve_precision(cfg.train.amp, device)
+    if main:
+        _log_precision(cfg.train.amp, precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     start_epoch, best = 0, {"epoch": None, "value": None, "metric": stage.selection}
     earlier_wall_time = 0.0  # seconds of training before this session, so a resumed run reports its total
     if checkpoint is not None:  # resuming (the stage checked that it is its own)
@@ -280,8 +286,9 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
         loader = train_loader(train_set, local_batch, cfg.sampler, cfg.run.seed, epoch,
                               seed_epoch(cfg.run.seed, epoch, rank), cfg.data.num_workers, rank=rank,
                               world_size=world_size)
-        means = train_one_epoch(trained, objective, loader, optimizer, scheduler, scaler, device, epoch, cfg)
-        record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **means}
+        means = train_one_epoch(trained, objective, loader, optimizer, scheduler, scaler, device, epoch, cfg, precision)
+        record: Dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **means,
+                                  "precision": "fp32" if precision == "off" else precision}
         epoch_reference = reference  # the training part's features after this epoch, once extracted
         if main and validating and ((epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs):
             # The main process evaluates on the whole validation part with the unwrapped model, so
@@ -333,6 +340,16 @@ def _fit(stage: Stage, run: RunDir, checkpoint: Optional[Dict[str, Any]], checkp
     board.close()
     barrier()
     return StageResult(run.path, metrics, completed)
+
+
+def _log_precision(amp: str, precision: str, device: torch.device) -> None:
+    """Says which precision ``train.amp`` gave, and warns when bf16 was asked of a CPU that runs it slowly."""
+    if amp == "auto":
+        logger.info("train.amp=auto: %s on this %s", "bf16 autocast" if precision == "bf16" else "float32",
+                    "CPU" if device.type == "cpu" else device.type)
+    elif amp == "bf16" and device.type == "cpu" and not cpu_has_bf16_kernels():
+        logger.warning("train.amp=bf16 on a CPU without bf16 kernels (%s): expect training many times slower than "
+                       "float32; train.amp=auto picks float32 here", torch.backends.cpu.get_cpu_capability())
 
 
 def _numbers(part: str, metrics: Dict[str, Any]) -> Dict[str, Any]:

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bcl import engine, training
 from bcl.cli import main
 from bcl.config import LinearConfig, SupConConfig
 from bcl.runs import PORTABLE_RUN_FILES
@@ -223,6 +224,30 @@ def test_resume_may_change_the_data_place_and_budget_only(tmp_path, capsys):
     assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run), "run.stop_after_minutes=-1"]) == 2
     assert "run.stop_after_minutes must be > 0" in capsys.readouterr().err
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1  # refused: nothing ran
+
+
+def test_resume_may_change_the_precision_and_each_epoch_records_its_own(tmp_path, capsys):
+    run = supcon(tmp_path, "moved", "optim.epochs=3", "train.amp=bf16", "run.stop_after_epochs=1")
+    resumed = ["--resume", str(run), "train.amp=off", "run.stop_after_epochs=5"]
+    assert main(SupConConfig, run_supcon, "stage 1", resumed) == 0
+    assert [r["precision"] for r in read_jsonl(run / "metrics.jsonl")] == ["bf16", "fp32", "fp32"]
+    assert main(SupConConfig, run_supcon, "stage 1", ["--resume", str(run), "train.amp=fp32"]) == 2
+    assert "train.amp must be one of ['off', 'auto', 'bf16', 'fp16'], got 'fp32'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpu_bf16, expected", [(True, "bf16"), (False, "off")])
+def test_amp_auto_is_bf16_only_where_the_cpu_runs_it_fast(monkeypatch, cpu_bf16, expected):
+    monkeypatch.setattr(engine, "cpu_has_bf16_kernels", lambda: cpu_bf16)
+    cpu = torch.device("cpu")
+    assert engine.resolve_precision("auto", cpu) == expected
+    assert [engine.resolve_precision(amp, cpu) for amp in ("off", "bf16")] == ["off", "bf16"]  # as asked
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(training, "cpu_has_bf16_kernels", lambda: False)
+    with caplog.at_level("WARNING", logger="bcl.training"):
+        supcon(tmp_path, "slow", "optim.epochs=1", "train.amp=bf16")
+    assert "train.amp=bf16 on a CPU without bf16 kernels" in caplog.text and "train.amp=auto" in caplog.text
 
 
 # --- bad input: clear errors, nothing lost --------------------------------------------------------
