@@ -16,8 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-import benchmarks.mvtec_suite as bench
-from benchmarks.mvtec_suite import Lever, Method, aggregate, check_definitions, main, paired_difference
+from benchmarks.mvtec import schedule
+from benchmarks.mvtec.cells import Suite
+from benchmarks.mvtec.definitions import DESIGNS, SCRATCH, Lever, Method, Protocol, check_definitions
+from benchmarks.mvtec.statistics import aggregate, paired_difference
+from benchmarks.mvtec_suite import main
+from bcl.checkpoints import atomic_write_text
 from bcl.config import LinearConfig, load_config
 from bcl.data import MVTecAD, stratified_kfold
 from bcl.datasets import build_dataset, make_splits
@@ -139,7 +143,7 @@ def test_refuses_a_folder_made_with_another_grid(tiny_root, finished, capsys, mo
     out, _ = finished
     changed = Method("ce", "CE (instance sampling)", "linear", "mvtec_ce.yaml",
                      grid=((), ("optim.lr=0.1",), ("bench.epochs_scale=2",)))
-    monkeypatch.setitem(bench.METHODS, "ce", changed)
+    monkeypatch.setitem(SCRATCH.methods, "ce", changed)
     assert main(["--root", str(tiny_root), "--out", str(out), *TINY]) == 2
     assert "grid.ce:" in capsys.readouterr().err
 
@@ -153,7 +157,8 @@ def test_a_grid_or_lever_cannot_touch_splits_or_selection():
         check_definitions(ok, {"peek": Lever("peek", "ce", "select on val", ("eval.selection=val",))})
     with pytest.raises(ValueError, match="bench.epochs_scale must be a positive number"):
         check_definitions({"ce": Method("ce", "CE", "linear", "mvtec_ce.yaml", grid=(("bench.epochs_scale=x",),))}, {})
-    check_definitions()  # the shipped grids and levers pass
+    for design in DESIGNS.values():  # the shipped grids and levers pass
+        check_definitions(design.methods, design.ablations)
 
 
 def test_every_tuned_method_gets_the_same_budget_and_schedule_choices():
@@ -193,7 +198,8 @@ def test_aggregation_without_partners_leaves_the_difference_empty():
         return {"row": row, "method": row, "repeat": repeat, "fold": fold, "wall_time_s": 1.0,
                 "test": {"balanced_accuracy": value, "per_class_recall": {"good": 1.0}, "confusion_matrix": [[1]]}}
 
-    summary = aggregate([cell("ce", 0, 0, 0.5), cell("ce", 0, 1, 0.7), cell("bcl", 1, 0, 0.9)], folds=5)
+    summary = aggregate(SCRATCH.methods, SCRATCH.ablations,
+                        [cell("ce", 0, 0, 0.5), cell("ce", 0, 1, 0.7), cell("bcl", 1, 0, 0.9)], folds=5)
     assert summary["methods"]["bcl"]["vs_ce"]["n"] == 0 and summary["methods"]["bcl"]["vs_ce"]["mean"] is None
     assert summary["methods"]["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
     assert summary["reference"]["best_ce"] == "ce"
@@ -246,25 +252,108 @@ def test_workers_share_a_suite_through_claims_and_take_over_dead_ones(tiny_root,
     assert live.exists() and "| CE (instance sampling)" in capsys.readouterr().out
 
 
-def test_a_probe_never_reads_a_stage1_checkpoint_another_worker_is_training(tiny_root, tmp_path, monkeypatch):
-    suite = bench.Suite(tmp_path / "suite", str(tiny_root), None,
-                        bench.Protocol("tiny", folds=2, repeats=1, inner_folds=2, epochs=1, probe_epochs=1))
+def fake_runs(monkeypatch):
+    """Replaces training by a record (and the checkpoint a probe reads); returns the list of cells trained."""
     ran = []
 
     def fake_run(suite_, phase, row, method, extra, repeat, fold, inner=None, stage1_dir=None):
         ran.append((phase, row, repeat, fold, inner))
+        checkpoint = suite_.run_dir(phase, row, repeat, fold, inner) / "checkpoints" / "last.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"")
         cell = {"phase": phase, "row": row, "method": method.name, "repeat": repeat, "fold": fold, "inner": inner,
-                "overrides": list(extra), "protocol": suite_.protocol.as_dict(), "run_dir": "", "wall_time_s": 0,
+                "overrides": list(extra), "protocol": suite_.protocol.as_dict(), "run_dir": "", "wall_time_s": 60.0,
                 "test": {"balanced_accuracy": 0.5}}
-        bench.atomic_write_text(suite_.cell_path(phase, row, repeat, fold, inner), json.dumps(cell))
+        atomic_write_text(suite_.cell_path(phase, row, repeat, fold, inner), json.dumps(cell))
         return cell
 
-    monkeypatch.setattr(bench, "_run_cell", fake_run)
+    monkeypatch.setattr(schedule, "run_cell", fake_run)
+    return ran
+
+
+def tiny_suite(tmp_path, tiny_root, **protocol):
+    settings = {"folds": 2, "repeats": 1, "inner_folds": 2, "epochs": 1, "probe_epochs": 1, **protocol}
+    return Suite(tmp_path / "suite", str(tiny_root), None, Protocol("tiny", **settings))
+
+
+def test_a_time_budget_stops_at_a_cell_boundary_and_the_next_sitting_continues(tiny_root, tmp_path, monkeypatch):
+    suite = tiny_suite(tmp_path, tiny_root)
+    ran = fake_runs(monkeypatch)
+    # every cell takes 60 s, and time passes only as the records say: three cells fit in 3.5 minutes, a
+    # fourth would end at 4 (the first is started with nothing to judge by, the others expected to take 60 s)
+    now = [0.0]
+    monkeypatch.setattr(schedule.time, "monotonic", lambda: now[0])
+    real_record = schedule._Clock.record
+
+    def record(self, cell):
+        now[0] += cell["wall_time_s"]
+        real_record(self, cell)
+
+    monkeypatch.setattr(schedule._Clock, "record", record)
+    progress = schedule.run_suite(suite, ["ce", "bcl", "bcl_probe"], stop_after_minutes=3.5)
+    planned = 2 * 3 * 2 + 2 * 3  # tune: 2 methods x 3 points x 2 inner folds; main: 2 folds x 3 methods
+    assert len(ran) == 3 and progress.left_for_time == planned - 3 and progress.elsewhere == 0
+    first = {p: p.stat().st_mtime_ns for p in (suite.out / "cells").rglob("*.json")}
+    assert not list((suite.out / "cells").rglob("*.claim"))
+    progress = schedule.run_suite(suite, ["ce", "bcl", "bcl_probe"])  # the next sitting, no budget
+    assert progress.left_for_time == 0 and len(ran) == planned
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in first.items())
+
+
+def test_a_fresh_clone_retrains_the_encoder_a_missing_probe_needs_and_keeps_the_old_record(tiny_root, tmp_path,
+                                                                                           monkeypatch):
+    suite = tiny_suite(tmp_path, tiny_root)
+    ran = fake_runs(monkeypatch)
+    schedule.run_suite(suite, ["bcl", "bcl_probe"])
+    # what a commit carries: the records, not the run folders; and a sitting that ended between bcl and its probe
+    shutil.rmtree(suite.out / "runs")
+    suite.cell_path("main", "bcl_probe", 0, 1).unlink()
+    old = json.loads(suite.cell_path("main", "bcl", 0, 1).read_text())
+    ran.clear()
+    schedule.run_suite(suite, ["bcl", "bcl_probe"])
+    assert ran == [("main", "bcl", 0, 1, None), ("main", "bcl_probe", 0, 1, None)]
+    kept = list((suite.out / "cells" / "replaced").glob("bcl__r0__f1.*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == old
+    assert suite.cell_path("main", "bcl", 0, 1).exists()
+
+
+def test_a_probe_never_reads_a_stage1_checkpoint_another_worker_is_training(tiny_root, tmp_path, monkeypatch):
+    suite = tiny_suite(tmp_path, tiny_root)
+    ran = fake_runs(monkeypatch)
     claimed = suite.cell_path("main", "bcl", 0, 0).with_suffix(".claim")
     claimed.parent.mkdir(parents=True)
     claimed.write_text(str(os.getpid()))
-    assert bench.run_suite(suite, ["bcl", "bcl_probe"]) == 2  # bcl r0 f0 and the probe that needs it
+    assert schedule.run_suite(suite, ["bcl", "bcl_probe"]).elsewhere == 2  # bcl r0 f0 and the probe that needs it
     main_runs = [r for r in ran if r[0] == "main"]
     assert main_runs == [("main", "bcl", 0, 1, None), ("main", "bcl_probe", 0, 1, None)]
     assert len([r for r in ran if r[0] == "tune"]) == 3 * 2  # tuning claims and releases its own cells
     assert not list((tmp_path / "suite" / "cells" / "tune").glob("*.claim"))
+
+
+@pytest.mark.slow
+def test_the_pretrained_protocol_end_to_end_with_its_frozen_baselines(tiny_root, tmp_path, capsys):
+    out, report = tmp_path / "suite", tmp_path / "docs" / "results_pretrained.md"
+    base = ["--root", str(tiny_root), "--out", str(out), "--protocol", "pretrained", "--folds", "2", "--repeats", "1",
+            "--inner-folds", "2", "--epochs", "1", "--probe-epochs", "1", "--image-size", "32", "--batch-size", "8"]
+    assert main([*base, "--methods", "bcl_probe", "frozen_knn", "--ablations", "--report", str(report)]) == 0
+    names = sorted(p.name for p in (out / "cells" / "main").glob("*.json"))
+    assert names == [f"{m}__r0__f{f}.json" for m in ("bcl", "bcl_probe", "frozen_probe") for f in (0, 1)]
+    config = (out / "runs" / "main" / "frozen_probe" / "r0-f0" / "config.yaml").read_text()
+    assert "weights: imagenet" in config and "normalization: inception" in config and "amp: 'off'" in config
+    assert "encoder: efficientnet_lite0" in config and "finetune: false" in config
+
+    cells = [json.loads(p.read_text()) for p in (out / "cells" / "main").glob("frozen_probe__*.json")]
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    knn = summary["methods"]["frozen_knn"]
+    assert knn["balanced_accuracy"]["mean"] == pytest.approx(np.mean([c["test"]["knn_balanced_accuracy"]
+                                                                        for c in cells]))
+    assert set(knn["per_class_recall"]) == {"good", "bent_lead", "cut_lead"} and knn["cells"] == [[0, 0], [0, 1]]
+    assert "vs_ce" not in knn  # no CE row was run
+    text = report.read_text()
+    assert "from its ImageNet weights (`imagenet`, images normalised as `inception`)" in text
+    assert "| ImageNet features, frozen → kNN" in text and "| ImageNet features, frozen → linear probe" in text
+    assert set(json.loads((out / "suite.json").read_text())["settings"]["grid"]) == set(DESIGNS["pretrained"].methods)
+    capsys.readouterr()
+    # a method of the other design is refused by name
+    assert main([*base, "--methods", "focal"]) == 2
+    assert "unknown method 'focal' for protocol 'pretrained'" in capsys.readouterr().err
