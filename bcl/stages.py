@@ -40,7 +40,8 @@ from bcl.runs import RunDir
 from bcl.training import RunInterrupted, Stage, StageResult, fit
 
 __all__ = ["StageResult", "RunInterrupted", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder",
-           "load_trained_encoder", "stage1_objective", "Stage1Objective", "ClassifierObjective"]
+           "load_trained_encoder", "read_trained_checkpoint", "stage_data", "stage1_model", "stage2_model",
+           "stage1_objective", "Stage1Objective", "ClassifierObjective"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +59,26 @@ def _state_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_trained_encoder(path: str, setting: str = "model.stage1_checkpoint",
-                         stages: Sequence[str] = (STAGE1, STAGE2)) -> Tuple[Encoder, Any]:
-    """The encoder (architecture and weights) and the config of a run's checkpoint (``last.pt`` or ``best.pt``).
+def read_trained_checkpoint(path: str, setting: str = "checkpoint", stages: Sequence[str] = (STAGE1, STAGE2),
+                            overrides: Sequence[str] = ()) -> Tuple[Dict[str, Any], Any, Encoder]:
+    """A run's checkpoint (``last.pt`` or ``best.pt``), its config and its encoder's architecture, unweighted.
 
-    The one place that turns a bcl checkpoint into encoder weights: the linear probe reads stage 1's, the
-    results suite reads either stage's for its embedding map.
+    The one place that reads a bcl checkpoint for what it trained: :func:`load_trained_encoder` and
+    :mod:`bcl.evaluate` build on it.
 
     Args:
         path: The checkpoint file.
         setting: What the caller calls it, for messages (e.g. ``model.stage1_checkpoint``).
         stages: The stages whose checkpoints are accepted.
+        overrides: ``key=value`` changes to the saved config (:data:`bcl.config.RESUME_OVERRIDES` only,
+            e.g. ``data.root`` on another machine).
+
+    Returns:
+        ``(checkpoint, cfg, encoder)``; ``encoder`` has the recorded architecture and random weights.
 
     Raises:
         FileNotFoundError: No such file.
-        ConfigError: Not a checkpoint of one of ``stages``, or its weights do not fit its architecture.
+        ConfigError: Not a checkpoint of one of ``stages``, or a bad override.
     """
     try:
         checkpoint = load_checkpoint_file(path)
@@ -84,18 +90,31 @@ def load_trained_encoder(path: str, setting: str = "model.stage1_checkpoint",
     if found not in stages:
         wanted = " or ".join(f"{_SCRIPTS[s]} ({'stage-1' if s == STAGE1 else 'stage-2'})" for s in stages)
         raise ConfigError(f"{setting} {path!r} is not a {wanted} checkpoint (stage: {found!r})")
-    cfg = config_from_dict(SupConConfig if found == STAGE1 else LinearConfig, checkpoint["config"])
+    cfg = config_from_dict(SupConConfig if found == STAGE1 else LinearConfig, checkpoint["config"], overrides)
     # Checkpoints record their encoder's architecture; older stage-1 ones only have it in their config.
     architecture = checkpoint.get("encoder") or {"name": cfg.model.encoder,
                                                  "small_image_stem": cfg.model.small_image_stem}
-    encoder = Encoder(architecture["name"], small_image_stem=architecture["small_image_stem"])
+    return checkpoint, cfg, Encoder(architecture["name"], small_image_stem=architecture["small_image_stem"])
+
+
+def load_trained_encoder(path: str, setting: str = "model.stage1_checkpoint",
+                         stages: Sequence[str] = (STAGE1, STAGE2)) -> Tuple[Encoder, Any]:
+    """The encoder (architecture and weights) and the config of a run's checkpoint (``last.pt`` or ``best.pt``).
+
+    The linear probe reads stage 1's, the results suite reads either stage's for its embedding map.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ConfigError: Not a checkpoint of one of ``stages``, or its weights do not fit its architecture.
+    """
+    checkpoint, cfg, encoder = read_trained_checkpoint(path, setting, stages)
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ConfigError(
-            f"{setting} {path!r}: its encoder weights do not fit {architecture['name']}: {str(error).splitlines()[0]}"
+            f"{setting} {path!r}: its encoder weights do not fit {encoder.name}: {str(error).splitlines()[0]}"
         ) from None
     return encoder, cfg
 
@@ -135,7 +154,7 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str],
     """Joins the process group and checks the launch; a resumed run takes its saved config.
 
     ``resume_overrides`` are ``key=value`` changes to that config (only ``RESUME_OVERRIDES``: the data's
-    place on this machine and this session's budget).
+    place on this machine, this session's budget and the precision this machine runs fast).
 
     Returns ``(cfg, run, checkpoint)``: ``run`` and ``checkpoint`` (its ``last.pt``, read once here and
     handed to :func:`bcl.training.fit`) are None for a new run, whose folder is made only once data and model
@@ -186,7 +205,7 @@ def _check_launch_settings(cfg: Any) -> None:
         )
 
 
-def _stage_data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
+def stage_data(cfg: Any) -> Tuple[ImageClassificationDataset, DataSplits]:
     """The dataset and its parts, as both stages make them.
 
     There is a validation part only under ``eval.selection=val``; pasted defects (if asked for) are added to
@@ -243,15 +262,18 @@ class Stage1Objective(nn.Module):
         return stage1_objective(out, targets, self.contrastive, self.logit_adjusted, self.alpha, self.beta, self.joint)
 
 
+def stage1_model(cfg: SupConConfig, encoder: Encoder, num_classes: int) -> BCLModel:
+    """Stage 1's network around ``encoder``: projector, classifier and prototypes as ``cfg.model`` asks."""
+    return BCLModel(encoder, num_classes, proj_dim=cfg.model.proj_dim, proj_hidden_dim=cfg.model.proj_hidden_dim,
+                    classifier=cfg.model.classifier, prototypes=cfg.model.prototypes)
+
+
 def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[str] = None,
                resume_overrides: Sequence[str] = ()) -> StageResult:
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run, checkpoint = _start(SupConConfig, cfg, config_stem, resume, resume_overrides)
-    dataset, splits = _stage_data(cfg)
-    model = BCLModel(
-        _encoder(cfg.model), len(dataset.class_names), proj_dim=cfg.model.proj_dim,
-        proj_hidden_dim=cfg.model.proj_hidden_dim, classifier=cfg.model.classifier, prototypes=cfg.model.prototypes,
-    )
+    dataset, splits = stage_data(cfg)
+    model = stage1_model(cfg, _encoder(cfg.model), len(dataset.class_names))
     joint = cfg.loss.mode == "joint"
     views = bcl_train_transform(
         cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
@@ -320,6 +342,11 @@ def _classifier_loss(cfg: LinearConfig, train_counts: Sequence[int]) -> nn.Modul
     return nn.CrossEntropyLoss(weight=weight)
 
 
+def stage2_model(cfg: LinearConfig, encoder: Encoder, num_classes: int) -> LinearProbeModel:
+    """Stage 2's network: ``encoder`` (frozen unless ``model.finetune``) and the classifier ``cfg.model`` asks for."""
+    return LinearProbeModel(encoder, num_classes, cfg.model.classifier, frozen=not cfg.model.finetune)
+
+
 def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[str] = None,
                resume_overrides: Sequence[str] = ()) -> StageResult:
     """Stage 2: a classifier on a frozen (linear probe) or fine-tuned encoder."""
@@ -339,9 +366,9 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
                     cfg.model.stage1_checkpoint)
     else:
         encoder = _encoder(cfg.model)
-    dataset, splits = _stage_data(cfg)
+    dataset, splits = stage_data(cfg)
     frozen = not cfg.model.finetune
-    model = LinearProbeModel(encoder, len(dataset.class_names), cfg.model.classifier, frozen=frozen)
+    model = stage2_model(cfg, encoder, len(dataset.class_names))
     encoder_digest = _state_digest(model.encoder) if frozen else None
     view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment, cfg.data.augment,
                            cfg.data.normalization)
