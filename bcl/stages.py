@@ -40,8 +40,8 @@ from bcl.runs import RunDir
 from bcl.training import RunInterrupted, Stage, StageResult, fit
 
 __all__ = ["StageResult", "RunInterrupted", "run_supcon", "run_linear", "LinearProbeModel", "load_stage1_encoder",
-           "load_trained_encoder", "read_trained_checkpoint", "stage_data", "stage1_model", "stage2_model",
-           "stage1_objective", "Stage1Objective", "ClassifierObjective"]
+           "load_trained_encoder", "read_trained_checkpoint", "stage_data", "stage_encoder", "stage1_model",
+           "stage2_model", "classifier_loss", "stage1_objective", "Stage1Objective", "ClassifierObjective"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _start(schema: type, cfg: Any, config_stem: str, resume: Optional[str],
     return cfg, run, checkpoint
 
 
-def _encoder(model_cfg: Any) -> Encoder:
+def stage_encoder(model_cfg: Any) -> Encoder:
     """The encoder a stage's ``model`` section asks for (ImageNet weights downloaded unless told not to)."""
     return build_encoder(model_cfg.encoder, weights=model_cfg.weights, small_image_stem=model_cfg.small_image_stem,
                          allow_download=model_cfg.allow_download, download_timeout_s=model_cfg.download_timeout_s)
@@ -273,7 +273,7 @@ def run_supcon(cfg: SupConConfig, config_stem: str = "supcon", resume: Optional[
     """Stage 1: contrastive pre-training (joint with a logit-adjusted classifier, or contrastive only)."""
     cfg, run, checkpoint = _start(SupConConfig, cfg, config_stem, resume, resume_overrides)
     dataset, splits = stage_data(cfg)
-    model = stage1_model(cfg, _encoder(cfg.model), len(dataset.class_names))
+    model = stage1_model(cfg, stage_encoder(cfg.model), len(dataset.class_names))
     joint = cfg.loss.mode == "joint"
     views = bcl_train_transform(
         cfg.data.image_size, contrastive_views=cfg.loss.contrastive_views, classifier_view_first=joint,
@@ -332,7 +332,8 @@ class ClassifierObjective(nn.Module):
         return loss, {self.name: loss}
 
 
-def _classifier_loss(cfg: LinearConfig, train_counts: Sequence[int]) -> nn.Module:
+def classifier_loss(cfg: LinearConfig, train_counts: Sequence[int]) -> nn.Module:
+    """Stage 2's ``loss.name`` criterion, with the class counts of the training part where it needs them."""
     if cfg.loss.name == "logit_adjusted":
         return LogitAdjustedLoss(list(train_counts), tau=cfg.loss.la_tau)
     if cfg.loss.name == "focal":
@@ -365,7 +366,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
         logger.info("encoder %s (small stem: %s) from %s", encoder.name, encoder.small_image_stem,
                     cfg.model.stage1_checkpoint)
     else:
-        encoder = _encoder(cfg.model)
+        encoder = stage_encoder(cfg.model)
     dataset, splits = stage_data(cfg)
     frozen = not cfg.model.finetune
     model = stage2_model(cfg, encoder, len(dataset.class_names))
@@ -373,7 +374,7 @@ def run_linear(cfg: LinearConfig, config_stem: str = "linear", resume: Optional[
     view = classifier_view(cfg.data.image_size, tuple(cfg.data.crop_scale), cfg.data.randaugment, cfg.data.augment,
                            cfg.data.normalization)
     stage = Stage(STAGE2, _SCRIPTS[STAGE2], f"stage 2 ({'linear probe' if frozen else 'fine-tune'}, {cfg.loss.name})",
-                  cfg, model, dataset, splits, view, ClassifierObjective(_classifier_loss(cfg, splits.train_counts),
+                  cfg, model, dataset, splits, view, ClassifierObjective(classifier_loss(cfg, splits.train_counts),
                                                                          cfg.loss.name),
                   "balanced_accuracy", True, frozen_encoder=frozen)
     run = run or _open_run(cfg, config_stem, None)
