@@ -67,7 +67,8 @@ def cpu_has_bf16_kernels() -> bool:
     """Whether oneDNN has bfloat16 kernels for this CPU (AVX-512 BF16 / AMX class instructions).
 
     Without them bf16 autocast on a CPU falls back to slow reference code: a ResNet-32 training step of
-    128 CIFAR images took 37 s in bf16 against 1.1 s in float32 on a 2-core AVX2 AMD EPYC, one thread.
+    128 CIFAR images took 37 s in bf16 against 3 s in float32 on a 2-core AVX2 AMD EPYC (one thread, two
+    other jobs running, the same for both).
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
