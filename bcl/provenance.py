@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["git_info", "environment_info"]
+__all__ = ["git_info", "environment_info", "cpu_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,18 @@ def _version(distributions: tuple, module: Optional[str] = None) -> Optional[str
         except Exception:  # a broken optional install must not stop a run from starting
             return None
     return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``, else what :func:`platform.processor` says (or ``CPU``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def environment_info(code_path: Optional[PathLike] = None) -> Dict[str, Any]:

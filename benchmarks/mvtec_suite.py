@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: the repository root makes `ben
 import torch  # noqa: E402  (after the path setup above)
 
 import bcl  # noqa: E402
+from bcl.provenance import cpu_name  # noqa: E402
 from benchmarks.mvtec.cells import Suite, read_cells  # noqa: E402
 from benchmarks.mvtec.definitions import DESIGNS, PROTOCOLS, Protocol  # noqa: E402
 from benchmarks.mvtec.report import (ablation_table, results_table, write_embedding_map, write_figures,  # noqa: E402
@@ -53,19 +54,9 @@ def reproduce_command(argv: Sequence[str]) -> str:
 
 
 def machine_description() -> str:
-    return (f"{platform.system()} {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPU cores, "
+    return (f"{platform.system()} {platform.machine()} ({cpu_name()}), {os.cpu_count()} CPU cores, "
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, "
             f"Python {platform.python_version()}, torch {torch.__version__}, bcl {bcl.__version__}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 _OVERRIDABLE = (("epochs", int), ("probe-epochs", int), ("image-size", int), ("folds", int), ("batch-size", int),

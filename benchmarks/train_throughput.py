@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from bcl.config import LinearConfig, load_config
 from bcl.data import ImageClassificationDataset, classifier_view
 from bcl.engine import (build_optimizer, build_scheduler, resolve_device, resolve_precision, seed_epoch,
                         steps_per_epoch, train_loader)
+from bcl.provenance import cpu_name
 from bcl.stages import ClassifierObjective, classifier_loss, stage2_model, stage_data, stage_encoder
 from bcl.training import train_one_epoch
 
@@ -175,18 +175,6 @@ def plain_rate(case: Case, steps: int, warmup: int) -> float:
     done = plain_steps(case, model, optimizer, steps)
     _synchronize(case.device)
     return done / (time.perf_counter() - start)
-
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else what :func:`platform.processor` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ numbers as dashed lines.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from bcl.compare import load_test_metrics
+from bcl.models.efficientnet import sha256_of
 from bcl.runs import RunDir, read_jsonl
 
 TABLE = ("<!-- cifar-table:start -->", "<!-- cifar-table:end -->")
@@ -113,14 +113,6 @@ def table(runs: List[Run]) -> str:
                                   for r in runs) + "."])
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoints(runs: List[Run], root: Path) -> str:
     lines = ["| run | checkpoint (final weights, optimiser state included) | MB | sha256 |", "|---|---|---:|---|"]
     finished = [run for run in runs if run.finished]
@@ -128,7 +120,7 @@ def checkpoints(runs: List[Run], root: Path) -> str:
         path = run.folder / "checkpoints" / "last.pt"
         shown = path.relative_to(root) if path.is_relative_to(root) else path
         lines.append(f"| {SHORT_LABELS.get(run.loss['name'], run.folder.name)} | `{shown}` | "
-                     f"{path.stat().st_size / 1e6:.1f} | `{sha256(path)}` |")
+                     f"{path.stat().st_size / 1e6:.1f} | `{sha256_of(path)}` |")
     waiting = [SHORT_LABELS.get(r.loss["name"], r.folder.name) for r in runs if not r.finished]
     if waiting:
         lines += ["", f"Not yet published (still training): {', '.join(waiting)}."]
@@ -144,7 +136,8 @@ def write_curves(runs: List[Run], path: Path) -> None:
     axes = figure.add_subplot()
     for index, run in enumerate(runs):
         colour = f"C{index}"
-        epochs, top1 = zip(*run.curve()) if run.curve() else ((), ())
+        points = run.curve()
+        epochs, top1 = zip(*points) if points else ((), ())
         name = SHORT_LABELS.get(run.loss["name"], run.folder.name)
         axes.plot(epochs, top1, marker="o", markersize=3, color=colour,
                   label=name if run.finished else f"{name} (running)")
