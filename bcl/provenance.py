@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import platform
@@ -15,7 +16,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["git_info", "environment_info", "cpu_name"]
+__all__ = ["git_info", "environment_info", "cpu_name", "sha256_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "CPU"
+
+
+def sha256_of(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def environment_info(code_path: Optional[PathLike] = None) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 from bcl.compare import load_test_metrics
-from bcl.models.efficientnet import sha256_of
+from bcl.provenance import sha256_of
 from bcl.runs import RunDir, read_jsonl
 
 TABLE = ("<!-- cifar-table:start -->", "<!-- cifar-table:end -->")

