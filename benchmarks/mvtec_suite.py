@@ -35,7 +35,7 @@ from benchmarks.mvtec.cells import Suite, read_cells  # noqa: E402
 from benchmarks.mvtec.definitions import DESIGNS, PROTOCOLS, Protocol  # noqa: E402
 from benchmarks.mvtec.report import (ablation_table, results_table, write_embedding_map, write_figures,  # noqa: E402
                                      write_report, write_results)
-from benchmarks.mvtec.schedule import chosen_points, open_suite, run_suite, with_prerequisites  # noqa: E402
+from benchmarks.mvtec.schedule import chosen_points, open_suite, planned_cells, run_suite, with_prerequisites  # noqa: E402
 from benchmarks.mvtec.statistics import aggregate, with_knn_rows  # noqa: E402
 
 __all__ = ["main", "reproduce_command", "resolve_protocol"]
@@ -152,8 +152,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tsne = figures_folder / "results_tsne.png"  # written by this sitting or kept from the one that had the encoders
     if args.report:
         reading = args.reading.read_text() if args.reading else ""
+        planned = planned_cells(suite, methods, ablations)
         write_report(args.report, suite, summary, cells, chosen, figures + ([tsne] if tsne.exists() else []),
-                     machine_description(), reproduce_command(argv if argv is not None else sys.argv[1:]), reading)
+                     machine_description(), reproduce_command(argv if argv is not None else sys.argv[1:]), reading,
+                     finished=(sum(path.exists() for path in planned), len(planned)))
     sys.stdout.write("\n" + results_table(summary, suite.methods) + "\n\n"
                      + ablation_table(summary, suite.methods, suite.ablations) + "\n")
     total = sum(c["wall_time_s"] for phase in cells.values() for c in phase)

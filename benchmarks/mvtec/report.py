@@ -6,7 +6,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -256,8 +256,12 @@ def _num_images(cells: Sequence[Dict[str, Any]]) -> int:
 
 def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[str, List[Dict[str, Any]]],
                  chosen: Dict[str, int], figures: Sequence[Path], machine: str, command: str,
-                 reading: str = "") -> None:
-    """The markdown report: headline, recalls, ablation, tuning, figures, protocol, machine, wall time."""
+                 reading: str = "", finished: Optional[Tuple[int, int]] = None) -> None:
+    """The markdown report: headline, recalls, ablation, tuning, figures, protocol, machine, wall time.
+
+    ``finished``: (finished, planned) cell records of the suite the command runs; a report of an unfinished
+    suite says so at the top, so no partial row is read as a final one.
+    """
     relative = [os.path.relpath(f, path.parent) for f in figures]
     every = [c for phase in cells.values() for c in phase]
     minutes = {phase: sum(c["wall_time_s"] for c in phase_cells) / 60 for phase, phase_cells in cells.items()}
@@ -298,6 +302,9 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
         f"{sum(minutes.values()) / max(len(every), 1):.1f} min a run on average (per method: the table's "
         "\"min per cell\").",
         "",
+        *([f"**Unfinished**: {finished[0]} of the {finished[1]} cells this command plans are finished; a row with "
+           f"fewer than {p['repeats'] * p['folds']} cells is partial, and its Δ is over the cells it shares with "
+           "CE. Rerun the command to continue.", ""] if finished and finished[0] < finished[1] else []),
         "## Headline",
         "",
         results_table(summary, suite.methods),

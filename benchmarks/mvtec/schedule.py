@@ -33,7 +33,7 @@ from bcl.data import MVTecAD, stratified_kfold
 from .cells import Suite, check_or_write_settings, final_checkpoint, read_cell, read_json, run_cell
 from .definitions import Method, check_definitions
 
-__all__ = ["Progress", "chosen_points", "open_suite", "run_suite", "with_prerequisites"]
+__all__ = ["Progress", "chosen_points", "open_suite", "planned_cells", "run_suite", "with_prerequisites"]
 
 logger = logging.getLogger(__name__)
 _WAIT_S = 30.0
@@ -215,7 +215,7 @@ def chosen_points(suite: Suite) -> Dict[str, int]:
     return {p.stem: read_json(p)["chosen"] for p in sorted((suite.out / "tuning").glob("*.json"))}
 
 
-def _planned(suite: Suite, methods: Sequence[str], ablations: Sequence[str]) -> List[Path]:
+def planned_cells(suite: Suite, methods: Sequence[str], ablations: Sequence[str]) -> List[Path]:
     """Every cell record a finished suite of these methods and levers has."""
     p = suite.protocol
     order = with_prerequisites(suite, [*methods, *(suite.ablations[a].method for a in ablations)])
@@ -282,7 +282,7 @@ def run_suite(suite: Suite, methods: Sequence[str], ablations: Sequence[str] = (
                                                              *lever.overrides), 0, fold)
                 progress.elsewhere += done is None
     except _OutOfTime:
-        progress.left_for_time = sum(not path.exists() for path in _planned(suite, methods, ablations))
+        progress.left_for_time = sum(not path.exists() for path in planned_cells(suite, methods, ablations))
         logger.info("the time budget (%s min) is spent: %d cells left for the next sitting",
                     stop_after_minutes, progress.left_for_time)
     return progress
