@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Type
 
-from bcl.compare import load_test_metrics
 from bcl.config import RESUME_OVERRIDES, check_resume_overrides, config_to_yaml, load_config
 from bcl.distributed import cleanup, is_main_process
 from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
@@ -117,10 +117,10 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     label = result.metrics.get("label") or result.metrics["stage"]
     rows = {f"{label} {split}": result.metrics[split] for split in ("val", "test")
             if result.metrics.get(split) is not None}
-    stage1_run = result.metrics.get("stage1_run")
-    if stage1_run and (Path(stage1_run) / "metrics.json").is_file():
+    stage1_metrics = Path(result.metrics.get("stage1_run", "")) / "metrics.json"
+    if "stage1_run" in result.metrics and stage1_metrics.is_file():
         # Put the stage-1 model's own numbers on the same test part next to the probe's.
-        rows = {"stage 1 test (own classifier)": load_test_metrics(Path(stage1_run))["test"], **rows}
+        rows = {"stage 1 test (own classifier)": json.loads(stage1_metrics.read_text())["test"], **rows}
     columns = DEFAULT_TABLE_COLUMNS if result.metrics["class_names"][0] == GOOD_CLASS else LONG_TAIL_TABLE_COLUMNS
     sys.stdout.write("\n" + format_results_table(rows, columns) + "\n")
     sys.stdout.write(f"\nRun folder: {result.run_dir}\n{tensorboard_hint(result.run_dir.parent)}\n")
