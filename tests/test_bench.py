@@ -98,6 +98,7 @@ def test_suite_end_to_end_paired_differences_by_hand(finished):
     assert (re.search(r"^\| CE \(instance sampling\) +\|", text, re.M) and "python benchmarks/mvtec_suite.py" in text
             and "corrected resampled" in text)
     assert "## Ablation" in text and "## Tuning (inner folds only)" in text and "**yes**" in text
+    assert "**Unfinished**" not in text
     assert (out / "results_per_class_recall.png").is_file() and (out / "results_tsne.png").is_file()
 
 
@@ -203,6 +204,16 @@ def test_aggregation_without_partners_leaves_the_difference_empty():
     assert summary["methods"]["bcl"]["vs_ce"]["n"] == 0 and summary["methods"]["bcl"]["vs_ce"]["mean"] is None
     assert summary["methods"]["ce"]["balanced_accuracy"]["mean"] == pytest.approx(0.6)
     assert summary["reference"]["best_ce"] == "ce"
+
+
+def test_report_of_an_unfinished_suite_says_how_many_cells_are_missing(tiny_root, finished, tmp_path):
+    out, _ = finished
+    copy, report = tmp_path / "suite", tmp_path / "results.md"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs"))
+    planned = len(list((copy / "cells").glob("*/*.json")))
+    (copy / "cells" / "main" / "ce__r0__f1.json").unlink()
+    assert main(["--root", str(tiny_root), "--out", str(copy), *TINY, "--aggregate-only", "--report", str(report)]) == 0
+    assert f"**Unfinished**: {planned - 1} of the {planned} cells this command plans are finished" in report.read_text()
 
 
 @pytest.mark.parametrize("damage, message", [
