@@ -248,10 +248,15 @@ reader can place it.
 
 
 def _num_images(cells: Sequence[Dict[str, Any]]) -> int:
-    """The test parts of one row's folds in one repeat partition the dataset."""
-    first = cells[0]
-    return sum(sum(c["test"]["per_class_support"].values()) for c in cells
-               if c["row"] == first["row"] and c["repeat"] == first["repeat"])
+    """The test parts of one row's folds in one repeat partition the dataset.
+
+    Counted over the row and repeat with the most finished folds, so an unfinished suite is not read as a
+    smaller dataset.
+    """
+    sizes: Dict[Tuple[str, int], Dict[int, int]] = {}
+    for c in cells:
+        sizes.setdefault((c["row"], c["repeat"]), {})[c["fold"]] = sum(c["test"]["per_class_support"].values())
+    return sum(max(sizes.values(), key=len).values())
 
 
 def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[str, List[Dict[str, Any]]],
