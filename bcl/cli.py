@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import signal
 import sys
@@ -14,6 +13,7 @@ from typing import Callable, Optional, Sequence, Type
 from bcl.config import RESUME_OVERRIDES, check_resume_overrides, config_to_yaml, load_config
 from bcl.distributed import cleanup, is_main_process
 from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
+from bcl.runs import load_test_metrics
 from bcl.stages import RunInterrupted
 from bcl.tensorboard import tensorboard_hint
 
@@ -117,10 +117,14 @@ def main(schema: Type, run_stage: Callable, description: str, argv: Optional[Seq
     label = result.metrics.get("label") or result.metrics["stage"]
     rows = {f"{label} {split}": result.metrics[split] for split in ("val", "test")
             if result.metrics.get(split) is not None}
-    stage1_metrics = Path(result.metrics.get("stage1_run", "")) / "metrics.json"
-    if "stage1_run" in result.metrics and stage1_metrics.is_file():
+    if "stage1_run" in result.metrics:
         # Put the stage-1 model's own numbers on the same test part next to the probe's.
-        rows = {"stage 1 test (own classifier)": json.loads(stage1_metrics.read_text())["test"], **rows}
+        try:
+            rows = {"stage 1 test (own classifier)": load_test_metrics(result.metrics["stage1_run"])["test"], **rows}
+        except FileNotFoundError:
+            pass  # the stage-1 run folder was moved or is another machine's: the probe's rows alone
+        except ValueError as error:
+            sys.stderr.write(f"warning: {error}; the table shows this run's rows alone\n")
     columns = DEFAULT_TABLE_COLUMNS if result.metrics["class_names"][0] == GOOD_CLASS else LONG_TAIL_TABLE_COLUMNS
     sys.stdout.write("\n" + format_results_table(rows, columns) + "\n")
     sys.stdout.write(f"\nRun folder: {result.run_dir}\n{tensorboard_hint(result.run_dir.parent)}\n")

@@ -11,34 +11,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bcl.metrics import format_results_table
+from bcl.runs import load_test_metrics
 from bcl.tensorboard import tensorboard_hint
 
-__all__ = ["load_test_metrics", "comparison_rows", "main"]
-
-
-def load_test_metrics(run_dir: Path) -> Dict[str, Any]:
-    """The ``metrics.json`` of a finished run.
-
-    Raises:
-        FileNotFoundError: The run has no ``metrics.json`` (it did not finish).
-        ValueError: The file is not a finished run's metrics.
-    """
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the run in {run_dir} has not finished")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict) or "class_names" not in metrics:
-        raise ValueError(f"{path} holds no test metrics with class names")
-    return metrics
+__all__ = ["comparison_rows", "main"]
 
 
 def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Optional[float]]]:

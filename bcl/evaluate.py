@@ -26,10 +26,10 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from bcl.checkpoints import atomic_write_text
-from bcl.compare import load_test_metrics
 from bcl.config import ConfigError
 from bcl.engine import evaluate, extract, resolve_device
 from bcl.metrics import DEFAULT_TABLE_COLUMNS, GOOD_CLASS, LONG_TAIL_TABLE_COLUMNS, format_results_table
+from bcl.runs import load_test_metrics
 from bcl.stages import STAGE1, read_trained_checkpoint, stage1_model, stage2_model, stage_data
 
 __all__ = ["evaluate_checkpoint", "recorded_test_metrics", "main"]

@@ -61,6 +61,7 @@ __all__ = [
     "release_lock",
     "to_jsonable",
     "read_jsonl",
+    "load_test_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,25 @@ def to_jsonable(obj: Any, name: str = "record") -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(value, f"{name}[{i}]") for i, value in enumerate(obj)]
     raise TypeError(f"{name} is a {type(obj).__name__}, which has no JSON form: {obj!r}")
+
+
+def load_test_metrics(run_dir: PathLike) -> Dict[str, Any]:
+    """The ``metrics.json`` of a finished run.
+
+    Raises:
+        FileNotFoundError: The run has no ``metrics.json`` (it did not finish).
+        ValueError: The file is not a finished run's metrics.
+    """
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run in {run_dir} has not finished")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test"), dict) or "class_names" not in metrics:
+        raise ValueError(f"{path} holds no test metrics with class names")
+    return metrics
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:

@@ -40,7 +40,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from bcl.compare import comparison_rows, load_test_metrics
+    from bcl.compare import comparison_rows
+    from bcl.runs import load_test_metrics
     from bcl.metrics import format_results_table
 
     per_seed = {}

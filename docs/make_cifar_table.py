@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from bcl.compare import load_test_metrics
+from bcl.runs import load_test_metrics
 from bcl.provenance import sha256_of
 from bcl.runs import RunDir, read_jsonl
 

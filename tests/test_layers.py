@@ -20,7 +20,7 @@ LAYERS = [
     {"bcl.training"},
     {"bcl.stages"},
     {"bcl.cli", "bcl.compare"},
-    {"bcl.evaluate"},  # reads a run's recorded metrics through bcl.compare
+    {"bcl.evaluate"},
 ]
 
 

@@ -97,6 +97,7 @@ def test_stage1_joint_then_linear_probe_leaves_encoder_untouched(tmp_path, capsy
     metrics = check_run_folder(stage2, "linear", epochs=2)
     out = capsys.readouterr().out
     assert "stage 2 (linear probe, logit_adjusted) test" in out and "tensorboard --logdir" in out
+    assert "stage 1 test (own classifier)" in out  # the stage-1 model's own numbers beside the probe's
 
     # the probed encoder (weights and BatchNorm statistics) is bit-identical to stage 1's
     encoder1 = {k[len("encoder."):]: v for k, v in
@@ -108,6 +109,12 @@ def test_stage1_joint_then_linear_probe_leaves_encoder_untouched(tmp_path, capsy
     assert encoder1.keys() == encoder2.keys() and any("running_mean" in k for k in encoder1)
     assert all(torch.equal(encoder1[k], encoder2[k]) for k in encoder1)
     assert metrics["encoder_frozen"] is True
+
+    (stage1 / "metrics.json").write_text("{damaged")  # the probe still reports, naming the file it cannot read
+    linear(tmp_path, "probe2", f"model.stage1_checkpoint={stage1 / 'checkpoints' / 'best.pt'}")
+    captured = capsys.readouterr()
+    assert f"warning: {stage1 / 'metrics.json'} is not valid JSON" in captured.err
+    assert "stage 1 test (own classifier)" not in captured.out and "stage 2 (linear probe" in captured.out
 
 
 @pytest.mark.parametrize("prototypes, loss", [("learned", "bcl"), ("none", "supcon")])
