@@ -3,7 +3,8 @@ r"""The comparison suite for small data: tuning on inner folds, repeated stratif
     python benchmarks/mvtec_suite.py --root $BCL_MVTEC_ROOT --protocol quick --out results/quick \
         --report docs/results.md
     python benchmarks/mvtec_suite.py --root $BCL_MVTEC_ROOT --protocol pretrained --out results/pretrained \
-        --stop-after-minutes 120 --report docs/results_pretrained.md --figures docs/images/pretrained
+        --stop-after-minutes 120 --report docs/results_pretrained.md --figures docs/images/pretrained \
+        --reading docs/results_pretrained_reading.md --headline-into docs/results.md
 
 Three phases (tune on inner folds, main cells, ablations), every one resumable: a finished cell is a
 JSON record under ``<out>/cells/``, and a rerun skips it. ``--stop-after-minutes`` ends a sitting at a
@@ -34,7 +35,7 @@ from bcl.provenance import cpu_name  # noqa: E402
 from benchmarks.mvtec.cells import Suite, read_cells  # noqa: E402
 from benchmarks.mvtec.definitions import DESIGNS, PROTOCOLS, Protocol  # noqa: E402
 from benchmarks.mvtec.report import (ablation_table, results_table, write_embedding_map, write_figures,  # noqa: E402
-                                     write_report, write_results)
+                                     write_headline_into, write_report, write_results)
 from benchmarks.mvtec.schedule import chosen_points, open_suite, planned_cells, run_suite, with_prerequisites  # noqa: E402
 from benchmarks.mvtec.statistics import aggregate, with_knn_rows  # noqa: E402
 
@@ -81,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregate-only", action="store_true", help="only rebuild results from finished cells")
     parser.add_argument("--figures", type=Path, default=None, help="folder for the PNG figures (default <out>)")
     parser.add_argument("--report", type=Path, default=None, help="also write this markdown report (docs/results.md)")
+    parser.add_argument("--headline-into", type=Path, default=None, metavar="PAGE",
+                        help="also put the report's headline table into PAGE between its two marker lines "
+                             "(docs/results.md, beside another protocol's table); needs --report")
     parser.add_argument("--reading", type=Path, default=None,
                         help="markdown file with a reading of the results, put in the report (keep it in docs/)")
     for name, kind in _OVERRIDABLE:
@@ -100,6 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         datefmt="%H:%M:%S")
     if not args.root:
         sys.stderr.write("error: give --root (the MVTec AD root or a category folder) or set BCL_MVTEC_ROOT\n")
+        return 2
+    if args.headline_into is not None and args.report is None:
+        sys.stderr.write("error: --headline-into needs --report (the report its table links to)\n")
         return 2
     if args.stop_after_minutes is not None and not args.stop_after_minutes > 0:
         sys.stderr.write(f"error: --stop-after-minutes must be > 0, got {args.stop_after_minutes}\n")
@@ -153,9 +160,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.report:
         reading = args.reading.read_text() if args.reading else ""
         planned = planned_cells(suite, methods, ablations)
+        finished = (sum(path.exists() for path in planned), len(planned))
+        command = reproduce_command(argv if argv is not None else sys.argv[1:])
         write_report(args.report, suite, summary, cells, chosen, figures + ([tsne] if tsne.exists() else []),
-                     machine_description(), reproduce_command(argv if argv is not None else sys.argv[1:]), reading,
-                     finished=(sum(path.exists() for path in planned), len(planned)))
+                     machine_description(), command, reading, finished=finished)
+        if args.headline_into is not None:
+            try:
+                write_headline_into(args.headline_into, args.report, suite, summary, command, finished)
+            except (ValueError, FileNotFoundError) as error:
+                sys.stderr.write(f"error: {error}\n")
+                return 2
     sys.stdout.write("\n" + results_table(summary, suite.methods) + "\n\n"
                      + ablation_table(summary, suite.methods, suite.ablations) + "\n")
     total = sum(c["wall_time_s"] for phase in cells.values() for c in phase)

@@ -19,6 +19,7 @@ import pytest
 from benchmarks.mvtec import schedule
 from benchmarks.mvtec.cells import Suite
 from benchmarks.mvtec.definitions import DESIGNS, SCRATCH, Lever, Method, Protocol, check_definitions
+from benchmarks.mvtec.report import headline_markers
 from benchmarks.mvtec.statistics import aggregate, paired_difference
 from benchmarks.mvtec_suite import main
 from bcl.checkpoints import atomic_write_text
@@ -216,6 +217,31 @@ def test_report_of_an_unfinished_suite_says_how_many_cells_are_missing(tiny_root
     text = report.read_text()
     assert f"**Unfinished**: {planned - 1} of the {planned} cells this command plans are finished" in text
     assert "over all 24 images of the category" in text  # 12 good + 2 x 6 defects, though ce's repeat 0 is short
+
+
+def test_headline_goes_into_a_page_between_its_markers_and_nowhere_else(tiny_root, finished, tmp_path, capsys):
+    out, _ = finished
+    copy, report, page = tmp_path / "suite", tmp_path / "docs" / "results_quick.md", tmp_path / "docs" / "results.md"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs"))
+    begin, end = headline_markers("quick")
+    page.parent.mkdir()
+    page.write_text(f"# Two protocols\n\nhand text above\n{begin}\nstale table\n{end}\nhand text below\n")
+    argv = ["--root", str(tiny_root), "--out", str(copy), *TINY, "--aggregate-only", "--report", str(report)]
+    assert main([*argv, "--headline-into", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith(f"# Two protocols\n\nhand text above\n{begin}")
+    assert text.endswith(f"{end}\nhand text below\n")
+    assert "stale table" not in text and "[results_quick.md](results_quick.md)" in text
+    headline = report.read_text().split("## Headline\n\n", 1)[1].split("\n\n", 1)[0]
+    assert headline.startswith("| method") and headline in text  # the report's own table, to the digit
+
+    page.write_text("no markers here\n")
+    assert main([*argv, "--headline-into", str(page)]) == 2
+    assert f"{page}: needs the line {begin!r} once" in capsys.readouterr().err
+    assert page.read_text() == "no markers here\n"
+    argv.remove("--report"), argv.remove(str(report))
+    assert main([*argv, "--headline-into", str(page)]) == 2
+    assert "--headline-into needs --report" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, message", [

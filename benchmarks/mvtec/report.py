@@ -341,3 +341,31 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
     lines += ["", "## Reported elsewhere (different protocols)", "", REFERENCE_NUMBERS]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def headline_markers(protocol: str) -> Tuple[str, str]:
+    """The two lines of a page between which ``--headline-into`` puts the protocol's headline."""
+    return f"<!-- headline of protocol {protocol}: begin -->", f"<!-- headline of protocol {protocol}: end -->"
+
+
+def write_headline_into(page: Path, report: Path, suite: Suite, summary: Dict[str, Any], command: str,
+                        finished: Optional[Tuple[int, int]] = None) -> None:
+    """Puts the headline table of ``report`` into ``page`` between the protocol's two marker lines.
+
+    A page that sets two protocols side by side then repeats the generated table, never a hand copy.
+
+    Raises:
+        ValueError: ``page`` lacks the markers, or has them more than once or out of order.
+    """
+    begin, end = headline_markers(suite.protocol.name)
+    text = page.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{page}: needs the line {begin!r} once and, after it, the line {end!r} once; the "
+                         "headline goes between them")
+    link = os.path.relpath(report, page.parent)
+    unfinished = (f" **Unfinished**: {finished[0]} of {finished[1]} cells." if finished and finished[0] < finished[1]
+                  else "")
+    block = "\n".join([begin, "", f"Generated with the report [{report.name}]({link}) by `{command}`.{unfinished}", "",
+                       results_table(summary, suite.methods), "", end])
+    head, rest = text.split(begin, 1)
+    atomic_write_text(page, head + block + rest.split(end, 1)[1])
