@@ -41,8 +41,8 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from bcl.compare import comparison_rows
-    from bcl.runs import load_test_metrics
     from bcl.metrics import format_results_table
+    from bcl.runs import load_test_metrics
 
     per_seed = {}
     for seed in args.seeds:

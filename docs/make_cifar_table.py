@@ -20,9 +20,9 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from bcl.runs import load_test_metrics
+from bcl.metrics import replace_marked
 from bcl.provenance import sha256_of
-from bcl.runs import RunDir, read_jsonl
+from bcl.runs import RunDir, load_test_metrics, read_jsonl
 
 TABLE = ("<!-- cifar-table:start -->", "<!-- cifar-table:end -->")
 CHECKPOINTS = ("<!-- cifar-checkpoints:start -->", "<!-- cifar-checkpoints:end -->")
@@ -153,15 +153,6 @@ def write_curves(runs: List[Run], path: Path) -> None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-
-
-def replace_marked(page: str, markers: Tuple[str, str], text: str, name: Path) -> str:
-    start, end = markers
-    if page.count(start) != 1 or page.count(end) != 1:
-        raise ValueError(f"{name} must hold the markers {start} and {end} once each")
-    before, rest = page.split(start)
-    _, after = rest.split(end)
-    return f"{before}{start}\n{text}\n{end}{after}"
 
 
 def main() -> int:

@@ -27,7 +27,8 @@ from bcl.metrics.classification import (
     good_vs_defect_auroc,
 )
 from bcl.metrics.knn import knn_metrics, knn_predict
-from bcl.metrics.table import DEFAULT_TABLE_COLUMNS, LONG_TAIL_TABLE_COLUMNS, format_results_table, markdown_table
+from bcl.metrics.table import (DEFAULT_TABLE_COLUMNS, LONG_TAIL_TABLE_COLUMNS, format_results_table, markdown_table,
+                               replace_marked)
 
 __all__ = [
     "MANY_SHOT_MIN",
@@ -42,4 +43,5 @@ __all__ = [
     "knn_metrics",
     "format_results_table",
     "markdown_table",
+    "replace_marked",
 ]

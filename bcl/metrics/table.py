@@ -4,6 +4,7 @@ r"""Results tables: a generic padded markdown table and the table of selected me
 (percentages with one decimal, counts as they are, ``-`` for a missing metric) into one.
 :data:`DEFAULT_TABLE_COLUMNS` is the console table for data with a good class (MVTec AD, the synthetic
 transistor), :data:`LONG_TAIL_TABLE_COLUMNS` the one for data without (CIFAR-LT, image folders).
+:func:`replace_marked` puts a generated table into a page between two marker lines.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, List, Mapping, Sequence, Tuple
 
 from bcl._checks import is_int, is_real
 
-__all__ = ["DEFAULT_TABLE_COLUMNS", "LONG_TAIL_TABLE_COLUMNS", "format_results_table", "markdown_table"]
+__all__ = [
+    "DEFAULT_TABLE_COLUMNS", "LONG_TAIL_TABLE_COLUMNS", "format_results_table", "markdown_table", "replace_marked",
+]
 
 #: The console table for data without a good class (CIFAR-LT, image folders): the shot groups instead.
 LONG_TAIL_TABLE_COLUMNS: Tuple[str, ...] = (
@@ -135,3 +138,28 @@ def format_results_table(
         for run, metrics in rows.items()
     ]
     return markdown_table(header, body)
+
+
+def replace_marked(page: str, markers: Tuple[str, str], text: str, name: Any) -> str:
+    r"""``page`` with what lies between its two marker lines replaced by ``text``: a generated part of a page.
+
+    Args:
+        page: The page's text.
+        markers: The (start, end) marker lines.
+        text: What goes between them, without the surrounding newlines.
+        name: The page's file, named in the error.
+
+    Raises:
+        ValueError: ``page`` lacks a marker, has one more than once, or has them out of order.
+
+    Example:
+        >>> replace_marked("a\n<!-- s -->\nold\n<!-- e -->\nb", ("<!-- s -->", "<!-- e -->"), "new", "page.md")
+        'a\n<!-- s -->\nnew\n<!-- e -->\nb'
+    """
+    start, end = markers
+    if page.count(start) != 1 or page.count(end) != 1 or page.index(start) > page.index(end):
+        raise ValueError(f"{name}: needs the line {start!r} once and, after it, the line {end!r} once; the "
+                         "generated text goes between them")
+    before, rest = page.split(start)
+    after = rest.split(end)[1]
+    return f"{before}{start}\n{text}\n{end}{after}"

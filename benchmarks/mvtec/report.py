@@ -13,7 +13,7 @@ import torch
 
 from bcl.checkpoints import atomic_write_text
 from bcl.data import MVTecAD, stratified_kfold
-from bcl.metrics import markdown_table
+from bcl.metrics import markdown_table, replace_marked
 
 from .cells import Suite, final_checkpoint
 from .definitions import DESIGNS, REPORTED_METRICS, Lever, Method
@@ -259,6 +259,11 @@ def _num_images(cells: Sequence[Dict[str, Any]]) -> int:
     return sum(max(sizes.values(), key=len).values())
 
 
+def _unfinished(finished: Optional[Tuple[int, int]]) -> bool:
+    """Whether (finished, planned) cell records say the suite has cells left."""
+    return finished is not None and finished[0] < finished[1]
+
+
 def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[str, List[Dict[str, Any]]],
                  chosen: Dict[str, int], figures: Sequence[Path], machine: str, command: str,
                  reading: str = "", finished: Optional[Tuple[int, int]] = None) -> None:
@@ -309,7 +314,7 @@ def write_report(path: Path, suite: Suite, summary: Dict[str, Any], cells: Dict[
         "",
         *([f"**Unfinished**: {finished[0]} of the {finished[1]} cells this command plans are finished; a row with "
            f"fewer than {p['repeats'] * p['folds']} cells is partial, and its Δ is over the cells it shares with "
-           "CE. Rerun the command to continue.", ""] if finished and finished[0] < finished[1] else []),
+           "CE. Rerun the command to continue.", ""] if _unfinished(finished) else []),
         "## Headline",
         "",
         results_table(summary, suite.methods),
@@ -355,17 +360,11 @@ def write_headline_into(page: Path, report: Path, suite: Suite, summary: Dict[st
     A page that sets two protocols side by side then repeats the generated table, never a hand copy.
 
     Raises:
-        ValueError: ``page`` lacks the markers, or has them more than once or out of order.
+        ValueError: ``page`` lacks the markers, or has them more than once or out of order
+            (:func:`bcl.metrics.replace_marked`).
     """
-    begin, end = headline_markers(suite.protocol.name)
-    text = page.read_text()
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise ValueError(f"{page}: needs the line {begin!r} once and, after it, the line {end!r} once; the "
-                         "headline goes between them")
     link = os.path.relpath(report, page.parent)
-    unfinished = (f" **Unfinished**: {finished[0]} of {finished[1]} cells." if finished and finished[0] < finished[1]
-                  else "")
-    block = "\n".join([begin, "", f"Generated with the report [{report.name}]({link}) by `{command}`.{unfinished}", "",
-                       results_table(summary, suite.methods), "", end])
-    head, rest = text.split(begin, 1)
-    atomic_write_text(page, head + block + rest.split(end, 1)[1])
+    unfinished = f" **Unfinished**: {finished[0]} of {finished[1]} cells." if _unfinished(finished) else ""
+    block = "\n".join(["", f"Generated with the report [{report.name}]({link}) by `{command}`.{unfinished}", "",
+                       results_table(summary, suite.methods), ""])
+    atomic_write_text(page, replace_marked(page.read_text(), headline_markers(suite.protocol.name), block, page))
